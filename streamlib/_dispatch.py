@@ -1,0 +1,112 @@
+"""Per-message handling for a consumer binding: decode, call, retry, emit, decide."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from .binder import ACK, Outcome
+from .converters import content_type_of
+from .messages import Envelope, Message
+from .retry import Failure, RetryPolicy
+
+log = logging.getLogger("streamlib.consumer")
+
+Emit = Callable[[Any], Awaitable[Awaitable[None] | None]]
+
+
+class HandlerDispatcher:
+    """The core ``Dispatcher`` for one binding.
+
+    Retries happen in place with back-off, so later messages of the same partition wait
+    (order holds). A processor's output is sent before the outcome is returned; its broker
+    confirmation travels back as ``Outcome.pending`` so the binder acks only after it.
+    """
+
+    def __init__(
+        self,
+        binding: str,
+        handler: Callable[[Any], Awaitable[Any]],
+        decoder: Callable[[bytes, str], Any],
+        wants_message: bool,
+        content_type: str | None,
+        policy: RetryPolicy,
+        dlq: bool,
+        emit: Emit | None,
+    ) -> None:
+        self.binding = binding
+        self.policy = policy
+        self._handler = handler
+        self._decoder = decoder
+        self._wants_message = wants_message
+        self._content_type = content_type
+        self._dlq = dlq
+        self._emit = emit
+
+    async def __call__(self, envelope: Envelope) -> Outcome:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                payload = self._decoder(
+                    envelope.body, content_type_of(envelope.headers, self._content_type)
+                )
+                arg = (
+                    Message._received(payload, envelope, attempt)
+                    if self._wants_message
+                    else payload
+                )
+                result = await self._handler(arg)
+                if result is None or self._emit is None:
+                    return ACK
+                pending = await self._emit(result)
+                return ACK if pending is None else Outcome(pending=pending)
+            except Exception as exc:
+                if self.policy.should_retry(exc, attempt):
+                    delay = self.policy.backoff(attempt)
+                    log.info(
+                        "binding %s: attempt %d failed (%s: %s); retrying in %.3gs",
+                        self.binding,
+                        attempt,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    continue
+                return self._give_up(envelope, Failure(exc, attempt))
+
+    def _give_up(self, envelope: Envelope, failure: Failure) -> Outcome:
+        where = _where(envelope)
+        if self._dlq:
+            log.warning(
+                "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",
+                self.binding,
+                where,
+                failure.attempts,
+                failure.fqcn,
+                failure.reason,
+            )
+            return Outcome(failure=failure)
+        log.error(
+            "binding %s: message %s failed after %d attempt(s) and is dropped (no DLQ): %s: %s",
+            self.binding,
+            where,
+            failure.attempts,
+            failure.fqcn,
+            failure.reason,
+            exc_info=failure.exception,
+        )
+        return ACK
+
+
+def _where(envelope: Envelope) -> str:
+    parts = [envelope.destination or "?"]
+    if envelope.partition is not None:
+        parts.append(f"partition {envelope.partition}")
+    if envelope.offset is not None:
+        parts.append(f"offset {envelope.offset}")
+    return " ".join(parts)

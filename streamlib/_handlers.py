@@ -1,0 +1,83 @@
+"""What the decorators record about a user function: kind, payload type, sync or async."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+
+from .converters import Decoder, make_decoder
+from .errors import ConfigError
+from .messages import Message
+
+
+class Kind(Enum):
+    PROCESSOR = "processor"
+    SINK = "sink"
+    SOURCE = "source"
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    kind: Kind
+    name: str
+    call: Callable[[Any], Awaitable[Any]]
+    decoder: Decoder | None
+    wants_message: bool
+    interval: float | None = None
+
+    @property
+    def input_binding(self) -> str | None:
+        return None if self.kind is Kind.SOURCE else f"{self.name}-in-0"
+
+    @property
+    def output_binding(self) -> str | None:
+        return None if self.kind is Kind.SINK else f"{self.name}-out-0"
+
+
+def _payload_type(fn: Callable[..., Any], kind: Kind) -> tuple[Any, bool]:
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) != 1:
+        raise ConfigError(
+            "", f"{kind.value} {fn.__qualname__} must take exactly one argument (the payload)"
+        )
+    hints = typing.get_type_hints(fn)
+    hint = hints.get(params[0].name, Any)
+    if typing.get_origin(hint) is Message or hint is Message:
+        args = typing.get_args(hint)
+        return (args[0] if args else Any), True
+    return hint, False
+
+
+def _awaitable_call(fn: Callable[..., Any], takes_arg: bool) -> Callable[[Any], Awaitable[Any]]:
+    if inspect.iscoroutinefunction(fn):
+        return fn if takes_arg else (lambda _: fn())
+    if takes_arg:
+        # Synchronous handlers run in a worker thread so they never block the event loop.
+        return lambda arg: anyio.to_thread.run_sync(partial(fn, arg))
+    return lambda _: anyio.to_thread.run_sync(fn)
+
+
+def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = None) -> Handler:
+    name = getattr(fn, "__name__", None)
+    if not name or name == "<lambda>":
+        raise ConfigError("", f"a {kind.value} must be a named function")
+    if kind is Kind.SOURCE:
+        if any(
+            p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in inspect.signature(fn).parameters.values()
+        ):
+            raise ConfigError("", f"source {fn.__qualname__} must take no arguments")
+        return Handler(kind, name, _awaitable_call(fn, False), None, False, interval)
+    payload_type, wants_message = _payload_type(fn, kind)
+    return Handler(kind, name, _awaitable_call(fn, True), make_decoder(payload_type), wants_message)

@@ -1,0 +1,334 @@
+"""StreamApp: the registry of handlers, their bindings, and the application lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._dispatch import HandlerDispatcher
+from ._handlers import Handler, Kind, make_handler
+from ._outputs import Output
+from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
+from .config import BindingProperties, StreamConfig, load_config, normalize_key
+from .errors import ConfigError, StreamlibError
+from .messages import Message
+from .retry import RetryPolicy
+
+log = logging.getLogger("streamlib.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_BINDER_TYPE = "memory"
+
+
+class StreamApp:
+    """A service's message handlers and how they are bound.
+
+    Configuration is read when the app starts: ``config`` (a mapping or a YAML path), else
+    ``$STREAMLIB_CONFIG`` or ``./streamlib.yaml``, then ``STREAMLIB_*`` environment variables.
+    """
+
+    def __init__(
+        self, name: str | None = None, *, config: Mapping[str, Any] | str | Path | None = None
+    ) -> None:
+        self.name = name
+        self._config_source = config
+        self._handlers: dict[str, Handler] = {}
+        self._config: StreamConfig | None = None
+        self._binders: dict[str, Binder] = {}
+        self._outputs: dict[str, Output] = {}
+        self._bindings: dict[str, Binding] = {}
+        self._sources: list[asyncio.Task[None]] = []
+        self._output_lock = asyncio.Lock()
+        self._running = False
+
+    # -- declaration ---------------------------------------------------------------------
+
+    def _register(self, handler: Handler) -> None:
+        if handler.name in self._handlers:
+            raise ConfigError("", f"a function named {handler.name!r} is already registered")
+        if self._running:
+            raise StreamlibError("handlers must be registered before the app starts")
+        self._handlers[handler.name] = handler
+
+    def processor(self, fn: F) -> F:
+        """Consume ``<fn>-in-0``, send each non-None result to ``<fn>-out-0``."""
+        self._register(make_handler(fn, Kind.PROCESSOR))
+        return fn
+
+    def sink(self, fn: F) -> F:
+        """Consume ``<fn>-in-0``."""
+        self._register(make_handler(fn, Kind.SINK))
+        return fn
+
+    def source(self, *, interval: float) -> Callable[[F], F]:
+        """Call the function every ``interval`` seconds; send non-None results to ``<fn>-out-0``."""
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+
+        def decorate(fn: F) -> F:
+            self._register(make_handler(fn, Kind.SOURCE, interval))
+            return fn
+
+        return decorate
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> StreamConfig:
+        """The configuration in force (read at start, or on first access)."""
+        if self._config is None:
+            self._config = load_config(self._config_source, name=self.name)
+        return self._config
+
+    @property
+    def bindings(self) -> Mapping[str, Binding]:
+        """Consumer bindings by name, while the app runs."""
+        return dict(self._bindings)
+
+    def binding(self, name: str) -> Binding:
+        """The consumer binding ``name``; KeyError when there is none."""
+        return self._bindings[name]
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "up" if self._running else "down",
+            "binders": {name: dict(b.health()) for name, b in self._binders.items()},
+            "bindings": {name: b.is_running for name, b in self._bindings.items()},
+        }
+
+    # -- binders -------------------------------------------------------------------------
+
+    def _binder_for(
+        self, binding: str, props: BindingProperties
+    ) -> tuple[str, str, dict[str, Any], str]:
+        """(binder name, type, settings, key path for errors) of a binding's binder."""
+        cfg = self.config
+        if props.binder:
+            name, key = props.binder, f"bindings.{binding}.binder"
+        elif cfg.default_binder:
+            name, key = cfg.default_binder, "default-binder"
+        elif len(cfg.binders) == 1:
+            name = next(iter(cfg.binders))
+            key = f"binders.{name}"
+        elif cfg.binders:
+            raise ConfigError(
+                "default-binder",
+                f"{len(cfg.binders)} binders are configured ({', '.join(cfg.binders)}); "
+                f"set default-binder or bindings.{binding}.binder",
+            )
+        else:
+            return DEFAULT_BINDER_TYPE, DEFAULT_BINDER_TYPE, {}, "default-binder"
+        settings = next(
+            (s for n, s in cfg.binders.items() if normalize_key(n) == normalize_key(name)), None
+        )
+        if settings is None:
+            # A bare type name works without a binders section, as in Spring.
+            return name, name, {}, key
+        return name, settings.type or name, settings.settings, f"binders.{name}.type"
+
+    def _binder(self, binding: str, props: BindingProperties) -> Binder:
+        name, type_name, settings, key = self._binder_for(binding, props)
+        binder = self._binders.get(name)
+        if binder is None:
+            factory = load_binder_factory(type_name, key)
+            cfg = self.config
+            context = BinderContext(cfg.name, cfg.instance_index, cfg.instance_count, name)
+            binder = self._binders[name] = factory(settings, context)
+        return binder
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _validate(self) -> dict[str, BindingProperties]:
+        """Every binding's settings, validated before anything connects."""
+        cfg = self.config
+        props: dict[str, BindingProperties] = {}
+        for handler in self._handlers.values():
+            for name in (handler.input_binding, handler.output_binding):
+                if name:
+                    props[name] = cfg.binding(name)
+        for name in cfg.bindings:
+            props.setdefault(name, cfg.binding(name))
+        for name, p in props.items():
+            self._binder_for(name, p)
+        return props
+
+    async def _output(self, name: str, props: BindingProperties) -> Output:
+        binder = self._binder(name, props)
+        spec = ProducerSpec(name, props.destination or name, props.producer)
+        return Output(name, props, await binder.bind_producer(spec))
+
+    async def output(self, destination: str) -> Output:
+        """The output for a binding name or destination, bound on first use and cached."""
+        out = self._outputs.get(destination)
+        if out is not None:
+            return out
+        async with self._output_lock:
+            out = self._outputs.get(destination)
+            if out is None:
+                out = await self._output(destination, self.config.binding(destination))
+                self._outputs[destination] = out
+        return out
+
+    def _dispatcher(
+        self, handler: Handler, name: str, props: BindingProperties
+    ) -> HandlerDispatcher:
+        emit = None
+        if handler.kind is Kind.PROCESSOR:
+            out_name = handler.output_binding
+            assert out_name is not None
+
+            async def emit(result: Any) -> Awaitable[None] | None:
+                if isinstance(result, Message) and result.destination:
+                    return await (await self.output(result.destination)).send(result)
+                return await self._outputs[out_name].send(result)
+
+        assert handler.decoder is not None
+        return HandlerDispatcher(
+            name,
+            handler.call,
+            handler.decoder,
+            handler.wants_message,
+            props.content_type,
+            RetryPolicy.from_properties(props.consumer),
+            props.consumer.dlq,
+            emit,
+        )
+
+    async def start(self) -> None:
+        """Validate configuration, bind outputs, then consumers, then start sources."""
+        if self._running:
+            return
+        self._config = load_config(self._config_source, name=self.name)
+        props = self._validate()
+        self._running = True
+        try:
+            for handler in self._handlers.values():
+                if handler.output_binding:
+                    out = handler.output_binding
+                    self._outputs[out] = await self._output(out, props[out])
+            cfg = self.config
+            for handler in self._handlers.values():
+                name = handler.input_binding
+                if name is None:
+                    continue
+                p = props[name]
+                consumer = p.consumer
+                spec = ConsumerSpec(
+                    name,
+                    p.destination or name,
+                    p.group,
+                    consumer,
+                    cfg.instance_index
+                    if consumer.instance_index is None
+                    else consumer.instance_index,
+                    cfg.instance_count
+                    if consumer.instance_count is None
+                    else consumer.instance_count,
+                )
+                binder = self._binder(name, p)
+                self._bindings[name] = await binder.bind_consumer(
+                    spec, self._dispatcher(handler, name, p)
+                )
+            for handler in self._handlers.values():
+                if handler.kind is Kind.SOURCE:
+                    self._sources.append(
+                        asyncio.create_task(self._poll(handler), name=handler.name)
+                    )
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _poll(self, handler: Handler) -> None:
+        assert handler.output_binding is not None and handler.interval is not None
+        output = self._outputs[handler.output_binding]
+        while True:
+            try:
+                result = await handler.call(None)
+                if result is not None:
+                    await (await output.send(result))
+            except Exception:
+                log.exception(
+                    "source %s failed; polling again in %.3gs", handler.name, handler.interval
+                )
+            await asyncio.sleep(handler.interval)
+
+    async def stop(self) -> None:
+        """Drain consumers (in-flight messages finish and are acked), stop sources, flush
+        producers, close binders — each bounded by ``shutdown-timeout``."""
+        if not self._running:
+            return
+        timeout = self.config.shutdown_timeout
+        try:
+            await self._bounded(
+                asyncio.gather(
+                    *(b.unbind() for b in self._bindings.values()), return_exceptions=True
+                ),
+                timeout,
+                "draining consumers",
+            )
+            for task in self._sources:
+                task.cancel()
+            await asyncio.gather(*self._sources, return_exceptions=True)
+            await self._bounded(
+                asyncio.gather(
+                    *(o.producer.aclose() for o in self._outputs.values()), return_exceptions=True
+                ),
+                timeout,
+                "flushing producers",
+            )
+            await self._bounded(
+                asyncio.gather(
+                    *(b.aclose() for b in self._binders.values()), return_exceptions=True
+                ),
+                timeout,
+                "closing binders",
+            )
+        finally:
+            self._bindings.clear()
+            self._outputs.clear()
+            self._sources.clear()
+            self._binders.clear()
+            self._running = False
+
+    @staticmethod
+    async def _bounded(aw: Awaitable[list[Any]], limit: float, what: str) -> None:
+        try:
+            results = await asyncio.wait_for(aw, limit)
+        except TimeoutError:
+            log.error("%s took longer than shutdown-timeout (%.3gs); giving up", what, limit)
+            return
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("%s failed: %r", what, result, exc_info=result)
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[StreamApp]:
+        """Start every binding; leaving the block drains and stops them."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        destination: str,
+        payload: Any,
+        *,
+        key: bytes | str | int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Send to a binding name or any destination and wait for the broker's confirmation.
+
+        Like Spring's StreamBridge: an output binding is created on first use, with the
+        settings of ``bindings.<destination>`` if configured.
+        """
+        confirm = await (await self.output(destination)).send(payload, key, headers)
+        await confirm

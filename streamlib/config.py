@@ -1,0 +1,292 @@
+"""Configuration: Spring Cloud Stream's property model as YAML plus environment overrides.
+
+Sources are applied in order, later ones winning: the YAML file (or a mapping given in code),
+then ``STREAMLIB_*`` environment variables with ``__`` between nested keys
+(``STREAMLIB_BINDINGS__BILL_IN_0__GROUP=billing``). Keys are kebab-case; in environment names
+``_`` stands for ``-``. Validation errors name the dotted key path. Binder sections and binding
+``consumer``/``producer`` sections may hold broker-specific keys, which the binder validates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+ENV_PREFIX = "STREAMLIB_"
+DEFAULT_CONFIG_FILE = "streamlib.yaml"
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def normalize_key(key: str) -> str:
+    """Binding and binder names compare case-insensitively with ``-`` and ``_`` alike."""
+    return key.replace("_", "-").lower()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ConsumerProperties(_Model):
+    """Common consumer settings; keys not listed here are the binder's own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_attempts: int = Field(3, ge=1)
+    back_off_initial_interval: float = Field(1.0, ge=0)
+    back_off_multiplier: float = Field(2.0, ge=1)
+    back_off_max_interval: float = Field(10.0, ge=0)
+    default_retryable: bool = True
+    retryable_exceptions: tuple[str, ...] = ()
+    non_retryable_exceptions: tuple[str, ...] = ()
+    concurrency: int = Field(1, ge=1)
+    partitioned: bool = False
+    instance_index: int | None = Field(None, ge=0)
+    instance_count: int | None = Field(None, ge=1)
+    instance_index_list: tuple[int, ...] | None = None
+    dlq: bool = False
+    auto_startup: bool = True
+
+    @property
+    def extension(self) -> dict[str, Any]:
+        """The binder-specific keys, as written."""
+        return dict(self.model_extra or {})
+
+
+class ProducerProperties(_Model):
+    """Common producer settings; keys not listed here are the binder's own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    partition_key: str | None = None
+    partition_selector: str | None = None
+    partition_count: int = Field(1, ge=1)
+    required_groups: tuple[str, ...] = ()
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partition_count > 1 or self.partition_key is not None
+
+    @property
+    def extension(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BindingProperties(_Model):
+    """Settings of one binding (``bindings.<name>``), after ``default:`` was merged in."""
+
+    destination: str | None = None
+    group: str | None = None
+    binder: str | None = None
+    content_type: str | None = None
+    consumer: ConsumerProperties = ConsumerProperties()
+    producer: ProducerProperties = ProducerProperties()
+
+
+_SECRET_KEY = re.compile(r"pass|secret|token|credential|sasl|jaas|private|api-?key", re.I)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):[^@/]*@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host/`` -> ``amqp://user:***@host/``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", url)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of a config value safe to print: secret-looking keys and URL passwords hidden."""
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, key) for v in value]
+    if key and _SECRET_KEY.search(key) and value is not None:
+        return "***"
+    if isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+class BinderSettings(_Model):
+    """A named binder: its ``type`` and the binder's own settings (validated by the binder)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        yield "type", self.type
+        yield from redact(self.settings).items()
+
+
+class StreamConfig(_Model):
+    """The whole configuration of one application instance."""
+
+    name: str = "application"
+    instance_index: int = Field(0, ge=0)
+    instance_count: int = Field(1, ge=1)
+    default_binder: str | None = None
+    binders: dict[str, BinderSettings] = {}
+    default: dict[str, Any] = {}
+    bindings: dict[str, dict[str, Any]] = {}
+    shutdown_timeout: float = Field(30.0, gt=0)
+    bus: dict[str, Any] = {}
+    saga: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check_instance(self) -> StreamConfig:
+        if self.instance_index >= self.instance_count:
+            raise ValueError(
+                f"instance-index {self.instance_index} must be below instance-count "
+                f"{self.instance_count}"
+            )
+        return self
+
+    def binding(self, name: str) -> BindingProperties:
+        """Validated settings of binding ``name`` (``default:`` merged under its own keys).
+
+        Raises ConfigError naming ``bindings.<name>.<key>`` when a value is invalid.
+        """
+        own: Mapping[str, Any] = {}
+        wanted = normalize_key(name)
+        for key, value in self.bindings.items():
+            if normalize_key(key) == wanted:
+                own = value or {}
+                break
+        merged = deep_merge(self.default, own)
+        return validate(BindingProperties, merged, f"bindings.{name}")
+
+    def binder_names(self) -> list[str]:
+        return list(self.binders)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, merging nested mappings key by key."""
+    out: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _key_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    parts = [prefix] if prefix else []
+    parts.extend(_kebab(str(p)) for p in loc)
+    return ".".join(parts)
+
+
+def validate(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate ``data`` into ``model``; a failure becomes a ConfigError naming the key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+        problem = err["msg"]
+        if err["type"] == "extra_forbidden":
+            problem = "unknown key"
+        elif "input" in err and err["type"] not in ("missing",):
+            problem = f"{problem} (got {redact(err['input'], str(loc[-1]) if loc else '')!r})"
+        raise ConfigError(_key_path(prefix, loc), problem) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML file; ConfigError when the file is not a mapping or not YAML."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"config file {path} must hold a mapping at the top")
+    return data
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    node = target
+    for i, part in enumerate(path):
+        existing = next((k for k in node if normalize_key(str(k)) == normalize_key(part)), None)
+        key = existing if existing is not None else part
+        if i == len(path) - 1:
+            node[key] = value
+            return
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+
+
+_TOP_LEVEL = {
+    normalize_key(field.alias or name) for name, field in StreamConfig.model_fields.items()
+}
+
+
+def env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``data`` with every ``STREAMLIB_*`` variable applied.
+
+    Variables whose first segment is not a top-level key (``STREAMLIB_TEST_KAFKA``,
+    ``STREAMLIB_CONFIG``) belong to tools and are left alone. Values are read as YAML scalars,
+    so ``3`` is a number and ``true`` a boolean.
+    """
+    out = deep_merge({}, data)
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [_kebab(p.lower()) for p in name[len(ENV_PREFIX) :].split("__")]
+        if normalize_key(path[0]) not in _TOP_LEVEL:
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        _set_path(out, path, value)
+    return out
+
+
+def load_config(
+    source: Mapping[str, Any] | str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> StreamConfig:
+    """Read configuration from ``source`` (a mapping, a YAML path, or the default file) and env.
+
+    Without ``source``, ``$STREAMLIB_CONFIG`` or ``./streamlib.yaml`` is read when present.
+    ``name`` is the application name used when the configuration sets none.
+    """
+    env = os.environ if environ is None else environ
+    if source is None:
+        candidate = env.get("STREAMLIB_CONFIG") or DEFAULT_CONFIG_FILE
+        path = Path(candidate)
+        if env.get("STREAMLIB_CONFIG") and not path.exists():
+            raise ConfigError("STREAMLIB_CONFIG", f"config file {path} does not exist")
+        data = read_yaml(path) if path.exists() else {}
+    elif isinstance(source, str | Path):
+        data = read_yaml(Path(source))
+    else:
+        data = deep_merge({}, source)
+    if name is not None:
+        data.setdefault("name", name)
+    return validate(StreamConfig, env_overrides(data, env))

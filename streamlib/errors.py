@@ -1,0 +1,64 @@
+"""Exceptions raised by streamlib.
+
+The whole tree::
+
+    StreamlibError                  base of every streamlib exception
+    ├── ConfigError                 bad configuration; names the key path (raised at start-up)
+    ├── BinderNotFoundError         a binder type that is not installed (a ConfigError)
+    ├── MessageConversionError      a payload that cannot be decoded/validated/encoded (not retried)
+    ├── BindingError                a binding could not be created or used
+    └── BrokerError                 a broker-side failure mapped by a binder
+        ├── ConnectionLostError     the connection dropped (retriable)
+        └── PublishError            the broker did not accept a message
+
+Every exception has ``retriable``: core retry consults it before the configured exception lists,
+so a binder can mark transient broker failures without the core knowing the broker.
+"""
+
+from __future__ import annotations
+
+
+class StreamlibError(Exception):
+    """Base class of every streamlib exception."""
+
+    retriable: bool = False
+
+
+class ConfigError(StreamlibError):
+    """A configuration value is missing or invalid; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+class BinderNotFoundError(ConfigError):
+    """The configured binder type has no installed implementation."""
+
+
+class MessageConversionError(StreamlibError):
+    """A message body could not be decoded into the handler's type, or a payload encoded."""
+
+
+class BindingError(StreamlibError):
+    """A binding could not be created, started or used."""
+
+
+class BrokerError(StreamlibError):
+    """A failure reported by the broker or its client library."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class ConnectionLostError(BrokerError):
+    """The connection to the broker was lost; the operation may succeed after a reconnect."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
+
+
+class PublishError(BrokerError):
+    """The broker did not accept a published message (nacked, returned or timed out)."""
