@@ -76,6 +76,13 @@ class StreamApp:
 
         return decorate
 
+    def use_config(self, source: Mapping[str, Any] | str | Path) -> None:
+        """Read configuration from ``source`` instead (before the app starts)."""
+        if self._running:
+            raise StreamlibError("configuration can only be replaced before the app starts")
+        self._config_source = source
+        self._config = None
+
     # -- state ---------------------------------------------------------------------------
 
     @property

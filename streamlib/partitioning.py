@@ -53,9 +53,7 @@ def default_partition_selector(key: object, partition_count: int) -> int:
     h = java_hash(key)
     if h == _INT32_MIN:
         h = 0
-    h = abs(h)
-    # Java's % truncates toward zero; h is non-negative here so Python's % agrees.
-    return h % partition_count
+    return abs(h) % partition_count
 
 
 def select_partition(
@@ -64,5 +62,5 @@ def select_partition(
     """Partition for ``key`` among ``partition_count`` partitions, using ``selector``."""
     if partition_count < 1:
         raise ValueError(f"partition_count must be >= 1, not {partition_count}")
-    chosen = selector(key, partition_count)
-    return abs(int(chosen) % partition_count) if chosen < 0 else int(chosen) % partition_count
+    # Java's Math.abs(x % n): the remainder truncates toward zero, so it equals abs(x) % n.
+    return abs(int(selector(key, partition_count))) % partition_count

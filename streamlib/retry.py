@@ -79,12 +79,9 @@ class Failure:
 
     @property
     def fqcn(self) -> str:
+        """Module-qualified class name of the exception (``builtins.ValueError``)."""
         cls = type(self.exception)
-        return (
-            cls.__qualname__
-            if cls.__module__ == "builtins"
-            else f"{cls.__module__}.{cls.__qualname__}"
-        )
+        return f"{cls.__module__}.{cls.__qualname__}"
 
     @property
     def reason(self) -> str:

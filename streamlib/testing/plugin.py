@@ -1,0 +1,24 @@
+"""pytest plugin ``streamlib``: the memory binder's harness and the real-broker fixtures.
+
+Binder distributions add their own harness fixtures (``kafka_harness``, ``rabbit_harness``)
+through plugins of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from .broker_fixtures import broker_liveness, kafka_bootstrap, rabbit_url, unique
+from .harness import BinderHarness, MemoryHarness
+
+__all__ = ["broker_liveness", "kafka_bootstrap", "memory_harness", "rabbit_url", "unique"]
+
+
+@pytest.fixture
+async def memory_harness() -> AsyncIterator[BinderHarness]:
+    """The in-memory binder's conformance harness."""
+    harness = MemoryHarness()
+    yield harness
+    await harness.aclose()
