@@ -13,7 +13,7 @@ from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
 from ._outputs import Output
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
-from .config import BindingProperties, StreamConfig, load_config, normalize_key
+from .config import BindingProperties, StreamConfig, deep_merge, load_config, normalize_key
 from .errors import ConfigError, StreamlibError
 from .messages import Message
 from .retry import RetryPolicy
@@ -45,6 +45,7 @@ class StreamApp:
         self._sources: list[asyncio.Task[None]] = []
         self._output_lock = asyncio.Lock()
         self._running = False
+        self._binding_defaults: dict[str, dict[str, Any]] = {}
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -83,13 +84,34 @@ class StreamApp:
         self._config_source = source
         self._config = None
 
+    def binding_defaults(self, binding: str, settings: Mapping[str, Any]) -> None:
+        """Settings of ``bindings.<binding>`` that apply where configuration sets none.
+
+        Features built on the app (Saga, Bus) give their bindings a destination and group
+        this way; the configuration file and environment still override them.
+        """
+        if self._running:
+            raise StreamlibError("binding defaults must be set before the app starts")
+        self._binding_defaults[binding] = dict(settings)
+        self._config = None
+
+    def _load_config(self) -> StreamConfig:
+        cfg = load_config(self._config_source, name=self.name)
+        if not self._binding_defaults:
+            return cfg
+        bindings = dict(cfg.bindings)
+        for name, defaults in self._binding_defaults.items():
+            key = next((k for k in bindings if normalize_key(k) == normalize_key(name)), name)
+            bindings[key] = deep_merge(defaults, bindings.get(key) or {})
+        return cfg.model_copy(update={"bindings": bindings})
+
     # -- state ---------------------------------------------------------------------------
 
     @property
     def config(self) -> StreamConfig:
         """The configuration in force (read at start, or on first access)."""
         if self._config is None:
-            self._config = load_config(self._config_source, name=self.name)
+            self._config = self._load_config()
         return self._config
 
     @property
@@ -210,7 +232,7 @@ class StreamApp:
         """Validate configuration, bind outputs, then consumers, then start sources."""
         if self._running:
             return
-        self._config = load_config(self._config_source, name=self.name)
+        self._config = self._load_config()
         props = self._validate()
         self._running = True
         try:

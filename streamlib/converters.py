@@ -27,11 +27,21 @@ def mime_of(content_type: object) -> str:
     return text.split(";", 1)[0].strip().lower()
 
 
+_mime_cache: dict[object, str] = {}
+
+
 def content_type_of(headers: dict[str, Any], binding_default: str | None) -> str:
-    value = headers.get(CONTENT_TYPE)
-    if value is not None:
-        return mime_of(value)
-    return mime_of(binding_default) if binding_default else APPLICATION_JSON
+    """The MIME type that governs decoding: header, then binding, then application/json."""
+    value = headers.get(CONTENT_TYPE, binding_default)
+    if value is None:
+        return APPLICATION_JSON
+    # A handful of distinct header values recur on every message: parse each once.
+    mime = _mime_cache.get(value)
+    if mime is None:
+        mime = mime_of(value)
+        if len(_mime_cache) < 256:
+            _mime_cache[value] = mime
+    return mime
 
 
 def _is_json(mime: str) -> bool:

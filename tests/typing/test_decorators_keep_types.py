@@ -1,0 +1,50 @@
+"""Decorators return the function unchanged, so handlers stay typed under mypy --strict."""
+
+from typing import assert_type
+
+from pydantic import BaseModel
+
+from streamlib import Message, StreamApp
+
+
+class Order(BaseModel):
+    id: int
+
+
+class Invoice(BaseModel):
+    order_id: int
+
+
+app = StreamApp("typing")
+
+
+@app.processor
+async def bill(order: Order) -> Invoice:
+    return Invoice(order_id=order.id)
+
+
+@app.sink
+async def audit(msg: Message[Invoice]) -> None:
+    assert_type(msg.payload, Invoice)
+    assert_type(msg.partition, int | None)
+
+
+@app.sink
+def sync_audit(invoice: Invoice) -> None:
+    return None
+
+
+@app.source(interval=1.0)
+async def tick() -> Order:
+    return Order(id=1)
+
+
+async def _check() -> None:
+    assert_type(await bill(Order(id=1)), Invoice)
+    assert_type(await tick(), Order)
+    assert_type(sync_audit(Invoice(order_id=1)), None)
+
+
+def test_decorated_functions_are_the_originals() -> None:
+    assert bill.__name__ == "bill" and audit.__name__ == "audit"
+    assert tick.__name__ == "tick" and sync_audit.__name__ == "sync_audit"
