@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
 from ._outputs import Output
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
-from .config import BindingProperties, StreamConfig, deep_merge, load_config, normalize_key
+from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
 from .errors import ConfigError, StreamlibError
 from .messages import Message
+from .refresh import DefaultsProvider, LiveConfig, RefreshListener, RefreshResult, Settings
 from .retry import RetryPolicy
 
 log = logging.getLogger("streamlib.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
+L = TypeVar("L", bound=RefreshListener)
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_BINDER_TYPE = "memory"
 
@@ -46,6 +51,8 @@ class StreamApp:
         self._output_lock = asyncio.Lock()
         self._running = False
         self._binding_defaults: dict[str, dict[str, Any]] = {}
+        self._live = LiveConfig(lambda: self.config)
+        self._dispatchers: dict[str, HandlerDispatcher] = {}
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -96,7 +103,9 @@ class StreamApp:
         self._config = None
 
     def _load_config(self) -> StreamConfig:
-        cfg = load_config(self._config_source, name=self.name)
+        return self._with_binding_defaults(self._live.load(self._config_source, self.name))
+
+    def _with_binding_defaults(self, cfg: StreamConfig) -> StreamConfig:
         if not self._binding_defaults:
             return cfg
         bindings = dict(cfg.bindings)
@@ -260,9 +269,8 @@ class StreamApp:
                     else consumer.instance_count,
                 )
                 binder = self._binder(name, p)
-                self._bindings[name] = await binder.bind_consumer(
-                    spec, self._dispatcher(handler, name, p)
-                )
+                dispatcher = self._dispatchers[name] = self._dispatcher(handler, name, p)
+                self._bindings[name] = await binder.bind_consumer(spec, dispatcher)
             for handler in self._handlers.values():
                 if handler.kind is Kind.SOURCE:
                     self._sources.append(
@@ -319,6 +327,7 @@ class StreamApp:
             )
         finally:
             self._bindings.clear()
+            self._dispatchers.clear()
             self._outputs.clear()
             self._sources.clear()
             self._binders.clear()
@@ -343,6 +352,49 @@ class StreamApp:
             yield self
         finally:
             await self.stop()
+
+    # -- live configuration ----------------------------------------------------------------
+
+    def settings(self, prefix: str, model: type[M]) -> Settings[M]:
+        """The top-level section ``prefix`` of the configuration, validated as ``model``.
+
+        ``.value`` is frozen between refreshes; ``refresh()`` replaces it with the new values.
+        """
+        return self._live.settings(prefix, model)
+
+    def add_config_defaults(
+        self, provider: DefaultsProvider, live_keys: Collection[str] = ()
+    ) -> None:
+        """Add defaults computed from the configuration, under every other source.
+
+        Features built on the app (the Bus) derive their bindings' settings from their own
+        keys this way. ``live_keys`` (``fnmatch`` patterns) are keys a refresh applies live.
+        """
+        self._live.add_defaults(provider, live_keys)
+        self._config = None
+
+    def on_refresh(self, fn: L) -> L:
+        """Call ``fn(changed_keys)`` (plain or ``async``) after a refresh that changed keys."""
+        self._live.add_listener(fn)
+        return fn
+
+    async def refresh(self, overrides: Mapping[str, Any] | None = None) -> RefreshResult:
+        """Read the configuration again, with ``overrides`` (dotted keys) set on top.
+
+        Settings get their new values and consumer retry settings apply at once; other
+        binding settings are reported in ``restart_required``. Raises ConfigError, changing
+        nothing, when the new configuration is invalid.
+        """
+        config, result = self._live.reload(
+            self._config_source,
+            self.name,
+            overrides,
+            self._dispatchers,
+            self._with_binding_defaults,
+        )
+        self._config = config
+        await self._live.notify(result)
+        return result
 
     # -- sending -------------------------------------------------------------------------
 

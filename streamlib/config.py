@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,7 +97,9 @@ class BindingProperties(_Model):
     producer: ProducerProperties = ProducerProperties()
 
 
-_SECRET_KEY = re.compile(r"pass|secret|token|credential|sasl|jaas|private|api-?key", re.I)
+_SECRET_KEY = re.compile(
+    r"pass|secret|token|credential|sasl|jaas|private|api-?key|signing-?key", re.I
+)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):[^@/]*@", re.I)
 
 
@@ -148,6 +150,10 @@ class StreamConfig(_Model):
     shutdown_timeout: float = Field(30.0, gt=0)
     bus: dict[str, Any] = {}
     saga: dict[str, Any] = {}
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, Mapping) else value
 
     @model_validator(mode="after")
     def _check_instance(self) -> StreamConfig:
@@ -243,19 +249,23 @@ _TOP_LEVEL = {
 }
 
 
-def env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def env_overrides(
+    data: dict[str, Any], environ: Mapping[str, str], extra_keys: Collection[str] = ()
+) -> dict[str, Any]:
     """``data`` with every ``STREAMLIB_*`` variable applied.
 
     Variables whose first segment is not a top-level key (``STREAMLIB_TEST_KAFKA``,
-    ``STREAMLIB_CONFIG``) belong to tools and are left alone. Values are read as YAML scalars,
-    so ``3`` is a number and ``true`` a boolean.
+    ``STREAMLIB_CONFIG``) belong to tools and are left alone; ``extra_keys`` are further
+    top-level keys the application declared (its settings sections). Values are read as YAML
+    scalars, so ``3`` is a number and ``true`` a boolean.
     """
+    allowed = _TOP_LEVEL | {normalize_key(k) for k in extra_keys}
     out = deep_merge({}, data)
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
         path = [_kebab(p.lower()) for p in name[len(ENV_PREFIX) :].split("__")]
-        if normalize_key(path[0]) not in _TOP_LEVEL:
+        if normalize_key(path[0]) not in allowed:
             continue
         try:
             value = yaml.safe_load(environ[name])
@@ -265,16 +275,17 @@ def env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str,
     return out
 
 
-def load_config(
+def raw_config(
     source: Mapping[str, Any] | str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     name: str | None = None,
-) -> StreamConfig:
-    """Read configuration from ``source`` (a mapping, a YAML path, or the default file) and env.
+    extra_keys: Collection[str] = (),
+) -> dict[str, Any]:
+    """The file (or mapping) and environment layers merged, before validation.
 
-    Without ``source``, ``$STREAMLIB_CONFIG`` or ``./streamlib.yaml`` is read when present.
-    ``name`` is the application name used when the configuration sets none.
+    ``extra_keys`` are top-level sections the application declared, which environment
+    variables may set too. See ``load_config`` for where the file is looked for.
     """
     env = os.environ if environ is None else environ
     if source is None:
@@ -289,4 +300,18 @@ def load_config(
         data = deep_merge({}, source)
     if name is not None:
         data.setdefault("name", name)
-    return validate(StreamConfig, env_overrides(data, env))
+    return env_overrides(data, env, extra_keys)
+
+
+def load_config(
+    source: Mapping[str, Any] | str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> StreamConfig:
+    """Read configuration from ``source`` (a mapping, a YAML path, or the default file) and env.
+
+    Without ``source``, ``$STREAMLIB_CONFIG`` or ``./streamlib.yaml`` is read when present.
+    ``name`` is the application name used when the configuration sets none.
+    """
+    return validate(StreamConfig, raw_config(source, environ=environ, name=name))

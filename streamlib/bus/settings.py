@@ -1,0 +1,28 @@
+"""The ``bus:`` section of the configuration."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class BusSettings(BaseModel):
+    """``bus.*`` keys; errors name ``bus.<key>``."""
+
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    enabled: bool = True
+    """Whether this node listens to the bus (a restart applies a change)."""
+    destination: str = "springCloudBus"
+    """Topic or exchange of the bus (a restart applies a change)."""
+    id: str | None = None
+    """This node's service id; default ``<name>:<instance-index>:<random 32 hex>``."""
+    signing_key: SecretStr | None = None
+    """HMAC key: when set, events are signed and unsigned or forged ones rejected."""
+    ack_wait: float = Field(5.0, ge=0)
+    """Seconds ``refresh``/``env`` (and the CLI) collect acks by default."""
