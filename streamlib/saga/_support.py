@@ -1,0 +1,43 @@
+"""Small helpers shared by the orchestrator and participants."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..app import StreamApp
+from .sqlite_store import SqliteSagaStore
+from .store import SagaStore
+
+DEFAULT_STORE_PATH = "saga.db"
+
+
+def header_text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A header as text (binders may hand back bytes)."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def identifier(text: str) -> str:
+    """``orders.saga-replies`` -> ``orders_saga_replies``: usable as a handler name."""
+    name = re.sub(r"\W", "_", text)
+    return name if name and not name[0].isdigit() else f"_{name}"
+
+
+def named(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``fn`` renamed, so the app derives binding names (``<name>-in-0``) from ``name``."""
+    fn.__name__ = name
+    fn.__qualname__ = name
+    return fn
+
+
+def config_store(app: StreamApp) -> SagaStore:
+    """The store configured by ``saga.store`` (a SQLite file path; default ``saga.db``)."""
+    path = app.config.saga.get("store") or DEFAULT_STORE_PATH
+    return SqliteSagaStore(Path(str(path)))

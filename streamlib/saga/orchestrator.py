@@ -1,0 +1,502 @@
+"""The saga orchestrator: runs sagas step by step over an app's bindings.
+
+Each transition is written to the store before the next message goes out, so a restarted
+orchestrator picks up every unfinished saga where the store says it was: it re-sends a pending
+command with the same command id (participants answer duplicates from their de-duplication
+record), or compensates when the step's deadline passed. Replies are matched by command id;
+a duplicate or late reply matches nothing and is ignored.
+
+The orchestrator registers two functions with the app: a sink for replies
+(``<name>_saga_replies``, bound to the reply destination with the app's name as group, so
+replies wait in a durable queue while the orchestrator is down) and a source
+(``<name>_saga_timer``) that recovers sagas after start and fires deadlines. One orchestrator
+instance per reply destination drives its sagas. Replies of different sagas are independent
+(each saga has its own lock), so the reply binding's ``concurrency`` may be raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel
+
+from ..app import StreamApp
+from ..messages import Message
+from . import headers as h
+from ._support import config_store, header_text, identifier, named
+from .definition import Backoff, Local, Remote, Saga, Step, StepFailed
+from .events import DEFAULT_EVENTS_DESTINATION, SagaEvent, SagaEventType
+from .store import HistoryEntry, SagaRecord, SagaState, SagaStore, Wait
+
+log = logging.getLogger("streamlib.saga")
+
+D = TypeVar("D", bound=BaseModel)
+
+_RESEND_DELAY = 1.0
+"""Wait before re-sending a command the broker refused."""
+
+
+class Orchestrator:
+    """Starts and drives sagas of the given definitions on ``app``.
+
+    ``store`` defaults to the SQLite file named by ``saga.store`` in the app's configuration
+    (``saga.db``); ``events_destination`` to ``saga.events-destination`` (``saga-events``);
+    ``reply_destination`` to ``<name>.saga-replies`` where ``name`` defaults to the app's name.
+    """
+
+    def __init__(
+        self,
+        app: StreamApp,
+        sagas: Iterable[Saga[Any]],
+        *,
+        store: SagaStore | None = None,
+        name: str | None = None,
+        reply_destination: str | None = None,
+        events_destination: str | None = None,
+        tick: float = 0.1,
+    ) -> None:
+        self.app = app
+        self._sagas: dict[str, Saga[Any]] = {}
+        for saga in sagas:
+            if saga.name in self._sagas:
+                raise ValueError(f"two sagas are named {saga.name!r}")
+            self._sagas[saga.name] = saga
+        base = name or app.name or "saga"
+        self.reply_destination = reply_destination or f"{base}.saga-replies"
+        self._events_destination = events_destination
+        self._store = store
+        self._active: dict[str, SagaRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._recovered = False
+        self._recovery_lock = asyncio.Lock()
+        self._unconfirmed: list[Awaitable[None]] = []
+        self.ignored_replies = 0
+        """Replies that matched no pending command (duplicates, late or unknown)."""
+
+        prefix = identifier(base)
+        replies = named(self._replies_handler(), f"{prefix}_saga_replies")
+        timer = named(self._timer_handler(), f"{prefix}_saga_timer")
+        app.binding_defaults(
+            f"{replies.__name__}-in-0",
+            {"destination": self.reply_destination, "group": app.name or prefix},
+        )
+        app.binding_defaults(
+            f"{timer.__name__}-out-0",
+            {"destination": events_destination or DEFAULT_EVENTS_DESTINATION},
+        )
+        app.sink(replies)
+        app.source(interval=tick)(timer)
+
+    def _replies_handler(self) -> Any:
+        async def replies(msg: Message[bytes]) -> None:
+            await self._on_reply(msg)
+
+        return replies
+
+    def _timer_handler(self) -> Any:
+        async def timer() -> None:
+            await self._on_tick()
+
+        return timer
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def store(self) -> SagaStore:
+        """The saga store (opened from configuration on first use)."""
+        if self._store is None:
+            self._store = config_store(self.app)
+        return self._store
+
+    @property
+    def events_destination(self) -> str:
+        if self._events_destination is None:
+            configured = self.app.config.saga.get("events-destination")
+            self._events_destination = str(configured or DEFAULT_EVENTS_DESTINATION)
+        return self._events_destination
+
+    async def start(self, saga: Saga[D], data: D, *, saga_id: str | None = None) -> str:
+        """Start a saga with ``data`` and return its id once its first message went out.
+
+        Starting with the id of an existing saga does nothing (a retried request does not
+        start the saga twice). The app must be running.
+        """
+        if self._sagas.get(saga.name) is not saga:
+            raise ValueError(f"saga {saga.name!r} is not one of this orchestrator's sagas")
+        await self._recover()
+        sid = saga_id or str(uuid.uuid4())
+        async with self._lock(sid):
+            if sid in self._active:
+                return sid
+            if await self.store.get(sid) is not None:
+                self._locks.pop(sid, None)
+                return sid
+            rec = SagaRecord(
+                id=sid,
+                saga=saga.name,
+                state=SagaState.RUNNING,
+                step=0,
+                data=data.model_dump(mode="json"),
+            )
+            await self.store.create(rec, HistoryEntry(sid, "started"))
+            self._active[sid] = rec
+            await self._publish(rec, SagaEventType.STARTED)
+            await self._drive(saga, rec)
+        await self._confirm_events()
+        return sid
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        """The stored record of saga ``saga_id``."""
+        return await self.store.get(saga_id)
+
+    def data(self, record: SagaRecord) -> BaseModel:
+        """The saga data of ``record`` as its definition's model."""
+        data: BaseModel = self._sagas[record.saga].data_type.model_validate(record.data)
+        return data
+
+    async def wait(self, saga_id: str, timeout: float = 30.0) -> SagaRecord:
+        """The saga's record once it is final; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                rec = await self.store.get(saga_id)
+                if rec is not None and rec.state.is_final:
+                    return rec
+                await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        """Close the store."""
+        if self._store is not None:
+            await self._store.aclose()
+
+    # -- driving -------------------------------------------------------------------------
+
+    def _lock(self, saga_id: str) -> asyncio.Lock:
+        lock = self._locks.get(saga_id)
+        if lock is None:
+            lock = self._locks[saga_id] = asyncio.Lock()
+        return lock
+
+    async def _save(
+        self,
+        rec: SagaRecord,
+        event: str,
+        step: Step[Any] | None,
+        detail: str | None = None,
+        lifecycle: SagaEventType | None = None,
+    ) -> SagaRecord:
+        await self.store.update(
+            rec, HistoryEntry(rec.id, event, step.name if step else None, detail)
+        )
+        if rec.state.is_final:
+            self._active.pop(rec.id, None)
+            self._locks.pop(rec.id, None)
+        else:
+            self._active[rec.id] = rec
+        if lifecycle is not None:
+            await self._publish(rec, lifecycle, step)
+        return rec
+
+    async def _publish(
+        self, rec: SagaRecord, kind: SagaEventType, step: Step[Any] | None = None
+    ) -> None:
+        event = SagaEvent(
+            type=kind,
+            saga_id=rec.id,
+            saga=rec.saga,
+            step=step.name if step else None,
+            state=rec.state.value,
+            error=rec.error,
+        )
+        try:
+            output = await self.app.output(self.events_destination)
+            self._unconfirmed.append(await output.send(event, rec.id))
+        except Exception as exc:
+            log.warning("saga %s: could not publish %s event: %s", rec.id, kind.value, exc)
+
+    async def _confirm_events(self) -> None:
+        """Wait for the broker to confirm the events sent so far (they travel while the
+        saga's next message is sent, instead of one after the other)."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        for confirmation in pending:
+            try:
+                await confirmation
+            except Exception as exc:
+                log.warning("a saga event was not published: %s", exc)
+
+    async def _drive(self, saga: Saga[Any], rec: SagaRecord) -> None:
+        """Run local steps and send commands until the saga waits or is final."""
+        while not rec.state.is_final and rec.wait is Wait.RUN:
+            if rec.state is SagaState.RUNNING:
+                if rec.step >= len(saga.steps):
+                    rec = rec.evolve(state=SagaState.COMPLETED)
+                    await self._save(rec, "completed", None, lifecycle=SagaEventType.COMPLETED)
+                    return
+                step = saga.steps[rec.step]
+                action = step.action
+            else:
+                index = rec.step
+                while index >= 0 and saga.steps[index].compensation is None:
+                    index -= 1
+                if index < 0:
+                    rec = rec.evolve(state=SagaState.COMPENSATED, step=-1)
+                    await self._save(rec, "compensated", None, lifecycle=SagaEventType.COMPENSATED)
+                    return
+                if index != rec.step:
+                    rec = rec.evolve(step=index)
+                step = saga.steps[index]
+                assert step.compensation is not None
+                action = step.compensation
+            if isinstance(action, Remote):
+                rec = await self._send(saga, rec, step, action)
+            else:
+                rec = await self._run_local(saga, rec, step, action)
+
+    async def _run_local(
+        self, saga: Saga[Any], rec: SagaRecord, step: Step[Any], action: Local[Any]
+    ) -> SagaRecord:
+        data = saga.data_type.model_validate(rec.data)
+        try:
+            async with asyncio.timeout(step.timeout):
+                result = await action.fn(data)
+        except TimeoutError:
+            return await self._failed(saga, rec, step, "timed out", timed_out=True)
+        except StepFailed as exc:
+            return await self._failed(saga, rec, step, exc.reason)
+        except Exception as exc:
+            return await self._failed(saga, rec, step, f"{type(exc).__name__}: {exc}")
+        return await self._succeeded(rec, step, result if result is not None else data)
+
+    async def _send(
+        self, saga: Saga[Any], rec: SagaRecord, step: Step[Any], action: Remote[Any]
+    ) -> SagaRecord:
+        data = saga.data_type.model_validate(rec.data)
+        try:
+            name, command = action.build(data)
+        except Exception as exc:
+            error = f"building the command failed: {type(exc).__name__}: {exc}"
+            return await self._failed(saga, rec, step, error)
+        command_id = rec.command_id or str(uuid.uuid4())
+        compensating = rec.state is SagaState.COMPENSATING
+        deadline = time.time() + step.timeout if step.timeout is not None else None
+        rec = rec.evolve(wait=Wait.REPLY, command_id=command_id, deadline=deadline)
+        what = "compensation sent" if compensating else "command sent"
+        await self._save(rec, what, step, f"{name} {command_id} to {action.destination}")
+        try:
+            await self.app.send(
+                action.destination,
+                command,
+                key=rec.id,
+                headers={
+                    h.SAGA_ID: rec.id,
+                    h.SAGA_TYPE: rec.saga,
+                    h.SAGA_STEP: step.name,
+                    h.COMMAND: name,
+                    h.COMMAND_ID: command_id,
+                    h.REPLY_TO: self.reply_destination,
+                },
+            )
+        except Exception as exc:
+            log.warning("saga %s: sending %s failed (%s); re-sending", rec.id, name, exc)
+            rec = rec.evolve(wait=Wait.RETRY, deadline=time.time() + _RESEND_DELAY)
+            return await self._save(rec, "send failed", step, str(exc))
+        return rec
+
+    async def _succeeded(self, rec: SagaRecord, step: Step[Any], data: BaseModel) -> SagaRecord:
+        done = dict(wait=Wait.RUN, command_id=None, deadline=None, attempt=0)
+        if rec.state is SagaState.COMPENSATING:
+            rec = rec.evolve(step=rec.step - 1, data=data.model_dump(mode="json"), **done)
+            return await self._save(rec, "step compensated", step)
+        rec = rec.evolve(step=rec.step + 1, data=data.model_dump(mode="json"), **done)
+        return await self._save(rec, "step done", step, lifecycle=SagaEventType.STEP_DONE)
+
+    async def _failed(
+        self,
+        saga: Saga[Any],
+        rec: SagaRecord,
+        step: Step[Any],
+        error: str,
+        *,
+        timed_out: bool = False,
+    ) -> SagaRecord:
+        """A step or compensation failed (a failure reply, an exception, a deadline).
+
+        After a timeout the command is re-sent with the same id (the participant may have
+        done the work); after a failure reply a retry is a new command.
+        """
+        command_id = rec.command_id if timed_out else None
+        if rec.state is SagaState.COMPENSATING:
+            return await self._retry_or_give_up(
+                rec, step, error, saga.compensation_backoff, command_id, "compensation failed"
+            )
+        if step.retriable:
+            return await self._retry_or_give_up(
+                rec, step, error, saga.retry_backoff, command_id, "step failed"
+            )
+        # The outcome of a step that timed out is unknown, so it is compensated too.
+        start = rec.step if timed_out else rec.step - 1
+        rec = rec.evolve(
+            state=SagaState.COMPENSATING,
+            step=start,
+            wait=Wait.RUN,
+            command_id=None,
+            deadline=None,
+            attempt=0,
+            error=f"{step.name}: {error}",
+        )
+        return await self._save(
+            rec, "step failed", step, error, lifecycle=SagaEventType.COMPENSATING
+        )
+
+    async def _retry_or_give_up(
+        self,
+        rec: SagaRecord,
+        step: Step[Any],
+        error: str,
+        backoff: Backoff,
+        command_id: str | None,
+        what: str,
+    ) -> SagaRecord:
+        attempt = rec.attempt + 1
+        if attempt >= backoff.attempts:
+            rec = rec.evolve(
+                state=SagaState.NEEDS_ATTENTION,
+                wait=Wait.RUN,
+                deadline=None,
+                attempt=attempt,
+                error=f"{step.name}: {error}",
+            )
+            log.error("saga %s needs attention: %s failed: %s", rec.id, step.name, error)
+            return await self._save(
+                rec,
+                "needs attention",
+                step,
+                f"{what} {attempt} times: {error}",
+                lifecycle=SagaEventType.NEEDS_ATTENTION,
+            )
+        delay = backoff.delay(attempt)
+        rec = rec.evolve(
+            wait=Wait.RETRY,
+            command_id=command_id,
+            deadline=time.time() + delay,
+            attempt=attempt,
+        )
+        return await self._save(rec, what, step, f"attempt {attempt}: {error}; retry in {delay}s")
+
+    # -- messages and time ---------------------------------------------------------------
+
+    async def _on_reply(self, msg: Message[bytes]) -> None:
+        await self._recover()
+        saga_id = header_text(msg.headers, h.SAGA_ID)
+        command_id = header_text(msg.headers, h.COMMAND_ID)
+        if saga_id is None or command_id is None:
+            log.warning("reply without %s/%s headers ignored", h.SAGA_ID, h.COMMAND_ID)
+            self.ignored_replies += 1
+            return
+        async with self._lock(saga_id):
+            rec = self._active.get(saga_id)
+            # A reply counts while its command is pending, also during the back-off before
+            # a re-send with the same id (after a timeout).
+            if rec is None or rec.wait is Wait.RUN or rec.command_id != command_id:
+                log.debug("saga %s: reply to %s matches nothing; ignored", saga_id, command_id)
+                self.ignored_replies += 1
+                if rec is None:
+                    self._locks.pop(saga_id, None)
+                return
+            saga = self._sagas[rec.saga]
+            step = saga.steps[rec.step]
+            body: Any = orjson.loads(msg.payload) if msg.payload else None
+            if header_text(msg.headers, h.OUTCOME) != h.SUCCESS:
+                error = body.get("error") if isinstance(body, dict) else None
+                rec = await self._failed(saga, rec, step, str(error or "failed"))
+            elif rec.state is SagaState.COMPENSATING:
+                rec = await self._succeeded(rec, step, saga.data_type.model_validate(rec.data))
+            else:
+                rec = await self._read_reply(saga, rec, step, body)
+            await self._drive(saga, rec)
+        await self._confirm_events()
+
+    async def _read_reply(
+        self, saga: Saga[Any], rec: SagaRecord, step: Step[Any], body: Any
+    ) -> SagaRecord:
+        data = saga.data_type.model_validate(rec.data)
+        action = step.action
+        if isinstance(action, Remote) and action.on_reply is not None:
+            try:
+                updated = action.on_reply(data, body)
+            except Exception as exc:
+                error = f"reading the reply failed: {type(exc).__name__}: {exc}"
+                return await self._failed(saga, rec, step, error)
+            if updated is not None:
+                data = updated
+        return await self._succeeded(rec, step, data)
+
+    async def _on_tick(self) -> None:
+        await self._recover()
+        now = time.time()
+        due = [
+            rec.id
+            for rec in self._active.values()
+            if rec.deadline is not None and rec.deadline <= now
+        ]
+        for saga_id in due:
+            async with self._lock(saga_id):
+                rec = self._active.get(saga_id)
+                if rec is None or rec.deadline is None or rec.deadline > now:
+                    continue
+                await self._on_deadline(rec)
+        await self._confirm_events()
+
+    async def _on_deadline(self, rec: SagaRecord) -> None:
+        saga = self._sagas[rec.saga]
+        step = saga.steps[rec.step]
+        if rec.wait is Wait.REPLY:
+            rec = await self._failed(saga, rec, step, "timed out", timed_out=True)
+        else:
+            rec = rec.evolve(wait=Wait.RUN, deadline=None)
+        await self._drive(saga, rec)
+
+    async def _recover(self) -> None:
+        """Once per start: load every unfinished saga and resume it."""
+        if self._recovered:
+            return
+        async with self._recovery_lock:
+            if self._recovered:
+                return
+            unfinished = await self.store.list((SagaState.RUNNING, SagaState.COMPENSATING))
+            for rec in unfinished:
+                if rec.saga not in self._sagas:
+                    log.warning("saga %s is of unknown type %r; left as it is", rec.id, rec.saga)
+                    continue
+                self._active[rec.id] = rec
+            self._recovered = True
+            if unfinished:
+                log.info("resuming %d unfinished saga(s)", len(unfinished))
+            for rec in unfinished:
+                async with self._lock(rec.id):
+                    # A reply may have moved the saga on meanwhile; then it needs no resuming.
+                    if self._active.get(rec.id) is rec:
+                        await self._resume(self._sagas[rec.saga], rec)
+
+    async def _resume(self, saga: Saga[Any], rec: SagaRecord) -> None:
+        step = saga.steps[rec.step] if 0 <= rec.step < len(saga.steps) else None
+        await self.store.append_history(
+            HistoryEntry(rec.id, "resumed", step.name if step else None, rec.wait.value)
+        )
+        if rec.wait is Wait.REPLY:
+            assert step is not None
+            if rec.deadline is not None and rec.deadline <= time.time():
+                rec = await self._failed(saga, rec, step, "timed out", timed_out=True)
+            else:
+                # Same command id: a participant that already did the work answers again.
+                action = step.compensation if rec.state is SagaState.COMPENSATING else step.action
+                assert isinstance(action, Remote)
+                await self._send(saga, rec.evolve(wait=Wait.RUN), step, action)
+                return
+        if rec.wait is Wait.RUN:
+            await self._drive(saga, rec)

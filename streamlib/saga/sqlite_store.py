@@ -1,0 +1,223 @@
+"""``SqliteSagaStore``: the default saga store, one SQLite file.
+
+Every call runs in a worker thread (``anyio.to_thread``) so the event loop never blocks on
+disk. One connection is shared behind a lock; the file is in WAL mode so ``streamlib saga``
+can read it while a service writes. ``synchronous=NORMAL`` survives a killed process; pass
+``synchronous="FULL"`` to survive power loss too.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import orjson
+
+from .store import DedupeRecord, HistoryEntry, SagaRecord, SagaState, Wait, states_of
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sagas (
+    id TEXT PRIMARY KEY, saga TEXT NOT NULL, state TEXT NOT NULL, step INTEGER NOT NULL,
+    data BLOB NOT NULL, wait TEXT NOT NULL, command_id TEXT, deadline REAL,
+    attempt INTEGER NOT NULL, error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagas_state ON sagas (state);
+CREATE TABLE IF NOT EXISTS saga_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, saga_id TEXT NOT NULL, at REAL NOT NULL,
+    event TEXT NOT NULL, step TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS saga_history_id ON saga_history (saga_id, seq);
+CREATE TABLE IF NOT EXISTS saga_dedupe (
+    key TEXT PRIMARY KEY, outcome TEXT NOT NULL, body BLOB NOT NULL, at REAL NOT NULL
+);
+"""
+
+_COLUMNS = (
+    "id, saga, state, step, data, wait, command_id, deadline, attempt, error, created_at, "
+    "updated_at"
+)
+
+
+def _row(record: SagaRecord) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.saga,
+        record.state.value,
+        record.step,
+        orjson.dumps(record.data),
+        record.wait.value,
+        record.command_id,
+        record.deadline,
+        record.attempt,
+        record.error,
+        record.created_at,
+        record.updated_at,
+    )
+
+
+def _record(row: Sequence[Any]) -> SagaRecord:
+    return SagaRecord(
+        id=row[0],
+        saga=row[1],
+        state=SagaState(row[2]),
+        step=row[3],
+        data=orjson.loads(row[4]),
+        wait=Wait(row[5]),
+        command_id=row[6],
+        deadline=row[7],
+        attempt=row[8],
+        error=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+    )
+
+
+class SqliteSagaStore:
+    """A ``SagaStore`` in the SQLite file ``path`` (created with its tables when missing)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unknown synchronous mode {synchronous!r}")
+        self.path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._tx, fn)
+
+    @staticmethod
+    def _insert_entry(conn: sqlite3.Connection, entry: HistoryEntry | None) -> None:
+        if entry is not None:
+            conn.execute(
+                "INSERT INTO saga_history (saga_id, at, event, step, detail) VALUES (?,?,?,?,?)",
+                (entry.saga_id, entry.at, entry.event, entry.step, entry.detail),
+            )
+
+    async def create(self, record: SagaRecord, entry: HistoryEntry | None = None) -> None:
+        def do(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO sagas ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    _row(record),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError(f"saga {record.id} exists") from None
+            self._insert_entry(conn, entry)
+
+        await self._run(do)
+
+    async def update(self, record: SagaRecord, entry: HistoryEntry | None = None) -> None:
+        def do(conn: sqlite3.Connection) -> None:
+            row = _row(record)
+            cur = conn.execute(
+                "UPDATE sagas SET saga=?, state=?, step=?, data=?, wait=?, command_id=?, "
+                "deadline=?, attempt=?, error=?, created_at=?, updated_at=? WHERE id=?",
+                (*row[1:], row[0]),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(record.id)
+            self._insert_entry(conn, entry)
+
+        await self._run(do)
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        def do(conn: sqlite3.Connection) -> SagaRecord | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM sagas WHERE id=?", (saga_id,)).fetchone()
+            return _record(row) if row else None
+
+        return await self._run(do)
+
+    async def list(
+        self, state: SagaState | Sequence[SagaState] | None = None, saga: str | None = None
+    ) -> builtins.list[SagaRecord]:
+        states = states_of(state)
+        where: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params.extend(s.value for s in states)
+        if saga is not None:
+            where.append("saga=?")
+            params.append(saga)
+        sql = f"SELECT {_COLUMNS} FROM sagas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+
+        def do(conn: sqlite3.Connection) -> builtins.list[SagaRecord]:
+            return [_record(r) for r in conn.execute(sql, params).fetchall()]
+
+        return await self._run(do)
+
+    async def append_history(self, entry: HistoryEntry) -> None:
+        await self._run(lambda conn: self._insert_entry(conn, entry))
+
+    async def history(self, saga_id: str) -> builtins.list[HistoryEntry]:
+        def do(conn: sqlite3.Connection) -> builtins.list[HistoryEntry]:
+            rows = conn.execute(
+                "SELECT saga_id, event, step, detail, at FROM saga_history WHERE saga_id=? "
+                "ORDER BY seq",
+                (saga_id,),
+            ).fetchall()
+            return [HistoryEntry(*row) for row in rows]
+
+        return await self._run(do)
+
+    async def get_dedupe(self, key: str) -> DedupeRecord | None:
+        def do(conn: sqlite3.Connection) -> DedupeRecord | None:
+            row = conn.execute(
+                "SELECT key, outcome, body, at FROM saga_dedupe WHERE key=?", (key,)
+            ).fetchone()
+            return DedupeRecord(row[0], row[1], bytes(row[2]), row[3]) if row else None
+
+        return await self._run(do)
+
+    async def put_dedupe(self, record: DedupeRecord) -> bool:
+        def do(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO saga_dedupe (key, outcome, body, at) VALUES (?,?,?,?)",
+                (record.key, record.outcome, record.body, record.at),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(do)
+
+    def close(self) -> None:
+        """Close the connection (it reopens on next use)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)

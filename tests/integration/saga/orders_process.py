@@ -1,0 +1,39 @@
+"""The example's orders service as its own OS process, for the crash trials.
+
+Reads its settings from the JSON in ``$SAGA_TRIAL`` (binder config, destination names, store
+path), prints ``ready`` once its bindings run, and runs until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples" / "saga"))
+
+from orders import OrdersService
+
+from streamlib.saga import SqliteSagaStore
+
+
+async def main() -> None:
+    spec = json.loads(os.environ["SAGA_TRIAL"])
+    names = spec["names"]
+    service = OrdersService(
+        spec["config"],
+        store=SqliteSagaStore(spec["store"]),
+        payments=names["payments"],
+        inventory=names["inventory"],
+        requests=names["requests"],
+        reply_destination=names["replies"],
+    )
+    async with service.app.run():
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
