@@ -1,0 +1,358 @@
+"""RabbitMQ throughput and latency: streamlib vs the raw aio-pika best pattern vs FastStream.
+
+    python -m bench rabbit [--messages N] [--warmup N] [--latency N] [--url URL] [--profile]
+
+Every contender moves the same ~200-byte JSON payload, decoded into (or encoded from) the
+same pydantic model, on the same broker in the same run, after a warm-up round. Publish:
+persistent messages, publisher confirms on, to a topic exchange with one durable queue bound;
+all publishes in flight, then every confirmation awaited. Consume: prefetch 250, one ack per
+message (streamlib batches them), from a pre-filled durable queue, first to last message
+handled. Latency: one message at a time, published by plain aio-pika, send to handler.
+``--profile`` prints a cProfile of streamlib's runs instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import BaseModel
+
+from streamlib import StreamApp
+
+PREFETCH = 250
+WINDOW = 5_000
+"""Publishes in flight at once for the gather-based contenders."""
+
+
+class Payload(BaseModel):
+    id: int
+    customer: str
+    amount: float
+    currency: str
+    note: str
+
+
+def payload(n: int, amount: float | None = None) -> Payload:
+    return Payload(
+        id=n,
+        customer=f"customer-{n % 1000:06d}",
+        amount=n * 1.25 if amount is None else amount,
+        currency="EUR",
+        note="x" * 120,
+    )
+
+
+def streamlib_config(url: str, bindings: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "binders": {"rabbit": {"type": "rabbit", "url": url}},
+        "bindings": bindings or {},
+    }
+
+
+async def declare(url: str, groups: list[str]) -> str:
+    """A fresh destination: topic exchange with a durable queue per group bound with ``#``."""
+    dest = f"bench-{uuid.uuid4().hex[:10]}"
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(dest, aio_pika.ExchangeType.TOPIC, durable=True)
+        for group in groups:
+            queue = await channel.declare_queue(f"{dest}.{group}", durable=True)
+            await queue.bind(exchange, "#")
+    return dest
+
+
+async def cleanup(url: str, dest: str, groups: list[str]) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for group in groups:
+            await channel.queue_delete(f"{dest}.{group}")
+        await channel.exchange_delete(dest)
+
+
+# -- publish ---------------------------------------------------------------------------------
+
+
+async def publish_raw(url: str, dest: str, items: list[Payload]) -> float:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(dest)
+        to_json = Payload.__pydantic_serializer__.to_json
+        message = aio_pika.Message
+        persistent = aio_pika.DeliveryMode.PERSISTENT
+        start = time.perf_counter()
+        for i in range(0, len(items), WINDOW):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        message(
+                            to_json(item),
+                            content_type="application/json",
+                            delivery_mode=persistent,
+                        ),
+                        dest,
+                    )
+                    for item in items[i : i + WINDOW]
+                )
+            )
+        return time.perf_counter() - start
+
+
+async def publish_streamlib(url: str, dest: str, items: list[Payload]) -> float:
+    app = StreamApp("bench", config=streamlib_config(url))
+    async with app.run():
+        output = await app.output(dest)
+        await (await output.send(items[0]))
+        start = time.perf_counter()
+        send = output.send
+        confirmations = [await send(item) for item in items]
+        for confirmation in confirmations:
+            await confirmation
+        return time.perf_counter() - start
+
+
+async def publish_faststream(url: str, dest: str, items: list[Payload]) -> float:
+    from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
+
+    broker = RabbitBroker(url, logger=None)
+    exchange = RabbitExchange(dest, type=ExchangeType.TOPIC, durable=True)
+    await broker.start()
+    try:
+        await broker.publish(items[0], exchange=exchange, routing_key=dest, persist=True)
+        publish = broker.publish
+        start = time.perf_counter()
+        for i in range(0, len(items), WINDOW):
+            await asyncio.gather(
+                *(
+                    publish(item, exchange=exchange, routing_key=dest, persist=True)
+                    for item in items[i : i + WINDOW]
+                )
+            )
+        return time.perf_counter() - start
+    finally:
+        await broker.stop()
+
+
+# -- consume ---------------------------------------------------------------------------------
+
+
+class Clock:
+    """First and last handled message times; ``done`` once ``count`` were handled."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = asyncio.Event()
+
+    def tick(self) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.first = time.perf_counter()
+        if self.seen == self.count:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def elapsed(self) -> float:
+        return self.last - self.first
+
+
+Handler = Callable[[Payload], None]
+
+
+async def consume_raw(url: str, dest: str, group: str, count: int, on: Handler) -> float:
+    clock = Clock(count)
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        queue = await channel.declare_queue(f"{dest}.{group}", durable=True)
+        validate = Payload.model_validate_json
+        tick = clock.tick
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            on(validate(message.body))
+            tick()
+            await message.ack()
+
+        tag = await queue.consume(take)
+        await clock.done.wait()
+        await queue.cancel(tag)
+    return clock.elapsed()
+
+
+async def consume_streamlib(url: str, dest: str, group: str, count: int, on: Handler) -> float:
+    clock = Clock(count)
+    bindings = {
+        "take-in-0": {"destination": dest, "group": group, "consumer": {"prefetch": PREFETCH}}
+    }
+    app = StreamApp("bench", config=streamlib_config(url, bindings))
+    tick = clock.tick
+
+    @app.sink
+    async def take(item: Payload) -> None:
+        on(item)
+        tick()
+
+    async with app.run():
+        await clock.done.wait()
+    return clock.elapsed()
+
+
+async def consume_faststream(url: str, dest: str, group: str, count: int, on: Handler) -> float:
+    from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+
+    clock = Clock(count)
+    broker = RabbitBroker(url, logger=None)
+    exchange = RabbitExchange(dest, type=ExchangeType.TOPIC, durable=True)
+    queue = RabbitQueue(f"{dest}.{group}", durable=True, routing_key="#")
+
+    @broker.subscriber(queue, exchange, channel=Channel(prefetch_count=PREFETCH))
+    async def take(item: Payload) -> None:
+        on(item)
+        clock.tick()
+
+    await broker.start()
+    try:
+        await clock.done.wait()
+    finally:
+        await broker.stop()
+    return clock.elapsed()
+
+
+def ignore(item: Payload) -> None:
+    return None
+
+
+# -- latency ---------------------------------------------------------------------------------
+
+
+async def latency(
+    url: str, dest: str, group: str, count: int, consume: Consume
+) -> tuple[float, float]:
+    """(p50, p99) in ms of send-to-handler time, one message at a time."""
+    delays: list[float] = []
+
+    def record(item: Payload) -> None:
+        delays.append(time.perf_counter() - item.amount)
+
+    task = asyncio.create_task(consume(url, dest, group, count, record))
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel: AbstractChannel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(dest)
+        await asyncio.sleep(0.5)  # the consumer is subscribed
+        to_json = Payload.__pydantic_serializer__.to_json
+        for n in range(count):
+            body = to_json(payload(n, time.perf_counter()))
+            await exchange.publish(aio_pika.Message(body, content_type="application/json"), dest)
+            await asyncio.sleep(0.001)
+    await task
+    ms = sorted(d * 1000 for d in delays)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+
+
+# -- running ---------------------------------------------------------------------------------
+
+Publish = Callable[[str, str, list[Payload]], Coroutine[Any, Any, float]]
+Consume = Callable[[str, str, str, int, Handler], Coroutine[Any, Any, float]]
+
+CONTENDERS = ("raw aio-pika", "streamlib", "faststream")
+PUBLISHERS: dict[str, Publish] = dict(
+    zip(CONTENDERS, (publish_raw, publish_streamlib, publish_faststream), strict=True)
+)
+CONSUMERS: dict[str, Consume] = dict(
+    zip(CONTENDERS, (consume_raw, consume_streamlib, consume_faststream), strict=True)
+)
+GROUPS = {"raw aio-pika": "raw", "streamlib": "sl", "faststream": "fs"}
+
+
+async def run(
+    url: str, count: int, warmup: int, samples: int, only: str | None
+) -> dict[str, float]:
+    items = [payload(n) for n in range(count)]
+    results: dict[str, float] = {}
+    names = [n for n in CONTENDERS if only in (None, n)]
+    groups = [GROUPS[n] for n in names]
+    for name in names:
+        dest = await declare(url, ["sink"])
+        await PUBLISHERS[name](url, dest, items[:warmup])
+        await cleanup(url, dest, ["sink"])
+    for name in names:
+        dest = await declare(url, ["sink"])
+        results[f"publish {name}"] = count / await PUBLISHERS[name](url, dest, items)
+        await cleanup(url, dest, ["sink"])
+    dest = await declare(url, groups)
+    await publish_streamlib(url, dest, items[:warmup])
+    for name in names:
+        await CONSUMERS[name](url, dest, GROUPS[name], warmup, ignore)
+    await publish_streamlib(url, dest, items)
+    for name in names:
+        results[f"consume {name}"] = count / await CONSUMERS[name](
+            url, dest, GROUPS[name], count, ignore
+        )
+    await cleanup(url, dest, groups)
+    for name in names:
+        dest = await declare(url, [GROUPS[name]])
+        p50, p99 = await latency(url, dest, GROUPS[name], samples, CONSUMERS[name])
+        results[f"latency {name} p50 ms"] = p50
+        results[f"latency {name} p99 ms"] = p99
+        await cleanup(url, dest, [GROUPS[name]])
+    return results
+
+
+def report(results: dict[str, float]) -> None:
+    for name, value in results.items():
+        unit = "ms" if name.startswith("latency") else "msgs/s"
+        shown = f"{value:>10.3f}" if unit == "ms" else f"{value:>10,.0f}"
+        print(f"{name.removesuffix(' ms'):<32} {shown} {unit}")
+    for kind in ("publish", "consume"):
+        ours = results.get(f"{kind} streamlib")
+        raw = results.get(f"{kind} raw aio-pika")
+        fast = results.get(f"{kind} faststream")
+        if ours and raw:
+            print(f"{kind} streamlib / raw aio-pika: {ours / raw:.2f}x")
+        if ours and fast:
+            print(f"{kind} streamlib / faststream:   {ours / fast:.2f}x")
+    ours_p99 = results.get("latency streamlib p99 ms")
+    raw_p99 = results.get("latency raw aio-pika p99 ms")
+    if ours_p99 is not None and raw_p99 is not None:
+        print(f"latency p99 streamlib - raw aio-pika: {ours_p99 - raw_p99:+.3f} ms")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench rabbit")
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--latency", type=int, default=1_000, help="latency samples")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("STREAMLIB_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672/"),
+    )
+    parser.add_argument("--profile", action="store_true", help="profile streamlib's runs")
+    args = parser.parse_args(argv)
+    print(f"RabbitMQ: {args.messages} messages of ~200 bytes")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        results = asyncio.run(run(args.url, args.messages, args.warmup, args.latency, "streamlib"))
+        profiler.disable()
+        report(results)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return 0
+    report(asyncio.run(run(args.url, args.messages, args.warmup, args.latency, None)))
+    return 0

@@ -1,0 +1,187 @@
+"""The rabbit binder: Spring Cloud Stream's RabbitMQ binder semantics on aio-pika.
+
+Two robust connections, opened on first use: one for consumers, one for producers (a
+publisher blocked by the broker's flow control does not stall consumers). Each consumed
+queue and each producer gets its own channel; dead letters are republished on a channel of
+the producer connection. Connections and channels recover by themselves after a broker
+restart, declaring their topology again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import aio_pika
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from streamlib.binder import BaseBinder, BinderContext, ConsumerSpec, Dispatcher, ProducerSpec
+from streamlib.config import validate
+from streamlib.errors import BindingError
+
+from .consumer import QueueConsumer, RabbitBinding
+from .errors import map_error
+from .producer import Publisher, RabbitProducer
+from .provisioning import RabbitProvisioner, consumer_queues
+from .settings import RabbitBinderSettings, RabbitConsumerSettings, RabbitProducerSettings
+
+log = logging.getLogger("streamlib.rabbit")
+
+Role = Literal["consumer", "producer"]
+
+
+def ssl_context(settings: RabbitBinderSettings) -> ssl.SSLContext | None:
+    """The TLS context of the connection, or None without TLS."""
+    if not settings.uses_tls:
+        return None
+    tls = settings.ssl
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None:
+        context.load_cert_chain(
+            str(tls.cert_file),
+            str(tls.key_file) if tls.key_file else None,
+            tls.key_password.get_secret_value() if tls.key_password else None,
+        )
+    return context
+
+
+class RabbitBinder(BaseBinder):
+    """Binder ``type: rabbit``. Settings: see ``RabbitBinderSettings``."""
+
+    def __init__(self, settings: Mapping[str, Any], context: BinderContext) -> None:
+        self._key = f"binders.{context.binder_name}"
+        self.settings = validate(RabbitBinderSettings, dict(settings), self._key)
+        self._context = context
+        self._connections: dict[Role, AbstractRobustConnection] = {}
+        self._connect_lock = asyncio.Lock()
+        self._bindings: list[RabbitBinding] = []
+        self._producers: list[RabbitProducer] = []
+        self._dead_letters: Publisher | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RabbitBinder({self.settings.safe_url()!r})"
+
+    async def connection(self, role: Role) -> AbstractRobustConnection:
+        """The robust connection for ``role``, opened on first use.
+
+        Raises ConnectionLostError (or BrokerError for refused credentials) when the broker
+        cannot be reached within ``connection-timeout``.
+        """
+        conn = self._connections.get(role)
+        if conn is not None:
+            return conn
+        async with self._connect_lock:
+            conn = self._connections.get(role)
+            if conn is not None:
+                return conn
+            if self._closed:
+                raise BindingError("the rabbit binder is closed")
+            s = self.settings
+            name = s.connection_name or f"{self._context.app_name}#{self._context.instance_index}"
+            try:
+                conn = await aio_pika.connect_robust(
+                    s.amqp_url(),
+                    timeout=s.connection_timeout,
+                    ssl_context=ssl_context(s),
+                    client_properties={"connection_name": f"{name}:{role}"},
+                    heartbeat=s.heartbeat,
+                    reconnect_interval=s.reconnect_interval,
+                )
+            except Exception as exc:
+                raise map_error(exc, f"connect to {s.safe_url()}") from exc
+            self._connections[role] = conn
+            return conn
+
+    async def _channel(self, role: Role, confirms: bool) -> AbstractRobustChannel:
+        conn = await self.connection(role)
+        try:
+            channel = await conn.channel(publisher_confirms=confirms, on_return_raises=True)
+        except Exception as exc:
+            raise map_error(exc, "open a channel") from exc
+        assert isinstance(channel, AbstractRobustChannel)
+        return channel
+
+    async def _publisher(self) -> Publisher:
+        channel = await self._channel("producer", self.settings.publisher_confirms)
+        return Publisher(
+            channel, self.settings.publisher_confirms, self.settings.connection_timeout
+        )
+
+    async def bind_consumer(self, spec: ConsumerSpec, dispatch: Dispatcher) -> RabbitBinding:
+        """Declare the binding's queues (and DLQ) and, unless ``auto-startup`` is off,
+        consume; returns once the broker confirmed every consumer."""
+        key = f"bindings.{spec.binding_name}.consumer"
+        settings = validate(RabbitConsumerSettings, spec.properties.extension, key)
+        if spec.properties.partitioned and spec.group is None:
+            raise BindingError(f"{key}: a partitioned consumer needs a group")
+        dlq = spec.group is not None and (spec.properties.dlq or settings.auto_bind_dlq)
+        if dlq and settings.republish_to_dlq and self._dead_letters is None:
+            self._dead_letters = await self._publisher()
+        conn = await self.connection("consumer")
+        consumers = [
+            QueueConsumer(conn, spec, plan, settings, dispatch, self._dead_letters if dlq else None)
+            for plan in consumer_queues(spec, settings, dlq)
+        ]
+        opened: list[QueueConsumer] = []
+        binding = RabbitBinding(spec, consumers)
+        try:
+            for consumer in consumers:
+                await consumer.open()
+                opened.append(consumer)
+            if spec.properties.auto_startup:
+                await binding.start()
+        except BaseException:
+            await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
+            raise
+        self._bindings.append(binding)
+        return binding
+
+    async def bind_producer(self, spec: ProducerSpec) -> RabbitProducer:
+        """Declare the exchange (and the queues of ``required-groups``)."""
+        key = f"bindings.{spec.binding_name}.producer"
+        settings = validate(RabbitProducerSettings, spec.properties.extension, key)
+        publisher = await self._publisher()
+        try:
+            await RabbitProvisioner(publisher.channel).provision_producer(spec, settings)
+        except BaseException:
+            await publisher.channel.close()
+            raise
+        producer = RabbitProducer(spec, settings, publisher)
+        self._producers.append(producer)
+        return producer
+
+    def health(self) -> Mapping[str, Any]:
+        connections = {
+            role: "up" if not conn.is_closed and conn.connected.is_set() else "reconnecting"
+            for role, conn in self._connections.items()
+        }
+        status = "up" if all(state == "up" for state in connections.values()) else "down"
+        return {
+            "status": status,
+            "broker": self.settings.safe_url(),
+            "connections": connections,
+            "bindings": {b.name: b.is_running for b in self._bindings},
+        }
+
+    async def aclose(self) -> None:
+        """Unbind every consumer, flush producers, close the connections."""
+        self._closed = True
+        for binding in self._bindings:
+            await binding.unbind()
+        self._bindings.clear()
+        if self._dead_letters is not None:
+            await self._dead_letters.aclose()
+            self._dead_letters = None
+        for conn in self._connections.values():
+            try:
+                await conn.close()
+            except Exception as exc:
+                log.debug("closing a connection failed: %s", map_error(exc, "close"))
+        self._connections.clear()

@@ -1,0 +1,407 @@
+"""Consuming: one channel and one consumer per queue, ``concurrency`` workers, manual acks.
+
+Deliveries are taken from aiormq directly (aio-pika would wrap each in an ``IncomingMessage``
+and a second task) into a buffer that the workers drain. With one worker, messages are
+handled strictly in delivery order and acknowledged in batches (``multiple=True``) when half
+the prefetch is unacknowledged or no new message came for ``ACK_DELAY``. A message is
+acknowledged only after its handler and any output confirmation finished, or after it was
+dead-lettered.
+
+The channel is an aio-pika robust channel: after a reconnection it declares the queue again
+and calls back here to consume again. Deliveries of the lost channel are dropped unacked;
+the broker delivers them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, cast
+
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from streamlib.binder import ConsumerSpec, Dispatcher
+from streamlib.errors import StreamlibError
+from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
+from streamlib.retry import Failure
+
+from . import naming
+from .attributes import DeliveryExtras
+from .errors import map_error
+from .naming import QueuePlan
+from .producer import Publisher
+from .provisioning import RabbitProvisioner
+from .settings import RabbitConsumerSettings
+
+log = logging.getLogger("streamlib.rabbit")
+
+
+def _deliver(message: DeliveredMessage) -> Basic.Deliver:
+    return cast(Basic.Deliver, message.delivery)
+
+
+def _tag(message: DeliveredMessage) -> int:
+    return cast(int, cast(Basic.Deliver, message.delivery).delivery_tag)
+
+
+ACK_DELAY = 0.002
+"""Seconds a batched ack waits for more messages when the buffer ran empty."""
+SETTLE_TIMEOUT = 10.0
+"""Seconds an ack or reject may wait for room in the connection's write queue."""
+RECOVERY_INTERVAL = 1.0
+"""Seconds between attempts to consume again after the broker cancelled the consumer."""
+HEADROOM = 20_000
+"""Bytes of a frame kept free for other headers when a stack trace is added (as Spring)."""
+
+
+def envelope_of(
+    message: DeliveredMessage, destination: str, partition: int | None, queue: str
+) -> Envelope:
+    """The streamlib envelope of a delivery: ``content_type`` back as the contentType header,
+    the key from its header, the delivery tag as offset."""
+    props = message.header.properties
+    headers: dict[str, Any] = props.headers or {}
+    key = headers.pop(naming.KEY_HEADER, None) if headers else None
+    if props.content_type is not None:
+        headers[CONTENT_TYPE] = props.content_type
+    stamp = props.timestamp
+    return Envelope(
+        message.body,
+        headers,
+        key,
+        destination,
+        partition,
+        _tag(message),
+        stamp.timestamp() if stamp is not None else None,
+        DeliveryExtras(message, queue),
+    )
+
+
+class QueueConsumer:
+    """Consumes one queue on its own robust channel."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        spec: ConsumerSpec,
+        plan: QueuePlan,
+        settings: RabbitConsumerSettings,
+        dispatch: Dispatcher,
+        dead_letters: Publisher | None,
+    ) -> None:
+        self._connection = connection
+        self._spec = spec
+        self._plan = plan
+        self._settings = settings
+        self._dispatch = dispatch
+        self._dead_letters = dead_letters
+        self._channel: AbstractRobustChannel | None = None
+        self._raw: aiormq.Channel | None = None
+        self._tag: str | None = None
+        self._consuming = False
+        self._buffer: deque[DeliveredMessage] = deque()
+        self._ready = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._ordered = spec.properties.concurrency == 1
+        self._ack_batch = max(1, settings.prefetch // 2)
+        self._ack_tag = 0
+        self._unacked = 0
+        self._recovery: asyncio.Task[None] | None = None
+
+    @property
+    def queue(self) -> str:
+        return self._plan.name
+
+    @property
+    def consuming(self) -> bool:
+        return self._consuming
+
+    async def open(self) -> None:
+        """Open the channel, set the prefetch, declare the queue (and DLQ)."""
+        try:
+            channel = await self._connection.channel(publisher_confirms=False)
+        except Exception as exc:
+            raise map_error(exc, f"open a channel for {self.queue!r}") from exc
+        assert isinstance(channel, AbstractRobustChannel)
+        self._channel = channel
+        try:
+            await channel.set_qos(prefetch_count=self._settings.prefetch)
+            provisioner = RabbitProvisioner(channel)
+            await provisioner.exchange(self._spec.destination, self._settings)
+            await provisioner.queue(self._spec.destination, self._plan)
+        except BaseException:
+            await channel.close()
+            raise
+        channel.reopen_callbacks.add(self._on_reopen)
+
+    async def _on_reopen(self, _: Any) -> None:
+        # A new channel: deliveries of the old one can no longer be acknowledged.
+        self._buffer.clear()
+        self._ack_tag = self._unacked = 0
+        self._raw = None
+        if self._consuming:
+            await self._consume()
+
+    async def _consume(self) -> None:
+        assert self._channel is not None
+        raw = await self._channel.get_underlay_channel()
+        assert isinstance(raw, aiormq.Channel)
+        self._raw = raw
+        if self._on_cancel not in raw.on_consumer_cancel_callbacks:
+            raw.on_consumer_cancel_callbacks.add(self._on_cancel)
+        ok = await raw.basic_consume(
+            self.queue, self._on_delivery, exclusive=self._settings.exclusive
+        )
+        self._tag = ok.consumer_tag
+
+    def _on_cancel(self, frame: Basic.Cancel) -> None:
+        # The broker cancels a consumer whose queue was deleted (or whose quorum queue
+        # moved): declare the queue again and consume, as Spring's container does.
+        if frame.consumer_tag != self._tag or not self._consuming:
+            return
+        self._tag = None
+        log.warning("the broker cancelled the consumer of %s; recovering", self.queue)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover(), name=f"recover:{self.queue}")
+
+    async def _recover(self) -> None:
+        assert self._channel is not None
+        while self._consuming and self._tag is None:
+            await asyncio.sleep(RECOVERY_INTERVAL)
+            try:
+                await RabbitProvisioner(self._channel).queue(self._spec.destination, self._plan)
+                await self._consume()
+            except Exception as exc:
+                log.warning("recovering the consumer of %s failed: %s", self.queue, exc)
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        self._buffer.append(message)
+        self._ready.set()
+
+    async def start(self) -> None:
+        """Start the workers and consume; returns once the broker confirmed the consumer."""
+        if self._consuming:
+            return
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"{self._spec.binding_name}:{self.queue}")
+                for _ in range(self._spec.properties.concurrency)
+            ]
+        self._consuming = True
+        try:
+            await self._consume()
+        except Exception as exc:
+            self._consuming = False
+            raise map_error(exc, f"consume {self.queue!r}") from exc
+
+    async def pause(self) -> None:
+        """Cancel the consumer and give back what was delivered but not yet handled."""
+        if not self._consuming:
+            return
+        self._consuming = False
+        raw, tag = self._raw, self._tag
+        self._tag = None
+        if raw is not None and tag is not None and not raw.is_closed:
+            try:
+                await raw.basic_cancel(tag, timeout=SETTLE_TIMEOUT)
+            except Exception as exc:
+                log.warning("cancelling the consumer of %s failed: %r", self.queue, exc)
+        await self._requeue_buffer()
+
+    async def stop(self) -> None:
+        """Stop consuming, let in-flight messages finish and acknowledge them."""
+        await self.pause()
+        if self._busy:
+            self._idle.clear()
+            await self._idle.wait()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        await self._flush_acks()
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        if self._channel is not None:
+            self._channel.reopen_callbacks.discard(self._on_reopen)
+            await self._channel.close()
+            self._channel = None
+
+    async def _requeue_buffer(self) -> None:
+        while self._buffer:
+            message = self._buffer.popleft()
+            await self._settle(message, requeue=True)
+
+    async def _work(self) -> None:
+        buffer = self._buffer
+        ready = self._ready
+        while True:
+            if not buffer:
+                ready.clear()
+                if self._ack_tag:
+                    # Acks wait a moment for more messages, so one frame acks many.
+                    try:
+                        async with asyncio.timeout(ACK_DELAY):
+                            await ready.wait()
+                    except TimeoutError:
+                        await self._flush_acks()
+                    continue
+                await ready.wait()
+                continue
+            message = buffer.popleft()
+            self._busy += 1
+            try:
+                await self._handle(message)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+
+    async def _handle(self, message: DeliveredMessage) -> None:
+        if message.channel is not self._raw:
+            return  # from a channel lost since: the broker redelivers it
+        outcome = await self._dispatch(
+            envelope_of(message, self._spec.destination, self._plan.partition, self.queue)
+        )
+        if outcome.pending is not None:
+            try:
+                await outcome.pending
+            except Exception as exc:
+                log.error(
+                    "binding %s: output of a message from %s was not confirmed (%s); "
+                    "the message goes back to the queue",
+                    self._spec.binding_name,
+                    self.queue,
+                    exc,
+                )
+                await self._settle(message, requeue=True)
+                return
+        if outcome.failure is not None:
+            await self._dead_letter(message, outcome.failure)
+            return
+        await self._ack(message)
+
+    async def _ack(self, message: DeliveredMessage) -> None:
+        if not self._ordered:
+            await self._write(message.channel, "ack", _tag(message), False)
+            return
+        # Single worker: every earlier delivery is settled, so one multiple-ack covers them.
+        # The worker sends it when half the prefetch is unacked or no message came for
+        # ACK_DELAY; it is the only sender, so acks go out in tag order.
+        self._ack_tag = _tag(message)
+        self._unacked += 1
+        if self._unacked >= self._ack_batch:
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        tag, self._ack_tag, self._unacked = self._ack_tag, 0, 0
+        if tag:
+            await self._write(self._raw, "ack", tag, True)
+
+    async def _settle(self, message: DeliveredMessage, requeue: bool) -> None:
+        """Reject ``message``: back to the queue, or dead-lettered by the broker."""
+        await self._flush_acks()
+        await self._write(message.channel, "requeue" if requeue else "reject", _tag(message))
+
+    async def _write(self, raw: Any, action: str, tag: int, multiple: bool = False) -> None:
+        if raw is not self._raw or raw is None or raw.is_closed:
+            return  # the channel is gone; the broker redelivers unacknowledged messages
+        channel: aiormq.Channel = raw
+        try:
+            # Waits only when the connection's write queue is full; a connection that died
+            # unnoticed never drains it, so the wait is bounded.
+            async with asyncio.timeout(SETTLE_TIMEOUT if channel.write_queue.full() else None):
+                if action == "ack":
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                else:
+                    await channel.basic_reject(tag, requeue=action == "requeue", wait=False)
+        except (aiormq.exceptions.ChannelInvalidStateError, TimeoutError):
+            return
+
+    async def _dead_letter(self, message: DeliveredMessage, failure: Failure) -> None:
+        """Republish to the DLX with the exception headers, then ack; or let the broker
+        dead-letter it (reject without requeue) when republishing is off."""
+        if self._dead_letters is None or not self._settings.republish_to_dlq:
+            await self._settle(message, requeue=False)
+            return
+        props = message.header.properties
+        headers: dict[str, Any] = dict(props.headers or {})
+        headers.update(failure.dead_letter_headers())
+        frame_max = message.channel.connection.connection_tune.frame_max or 131_072
+        trace = headers[X_EXCEPTION_STACKTRACE].encode()
+        limit = max(1_000, frame_max - HEADROOM)
+        if len(trace) > limit:
+            headers[X_EXCEPTION_STACKTRACE] = trace[:limit].decode("utf-8", "ignore")
+        headers["x-original-exchange"] = _deliver(message).exchange
+        headers["x-original-routingKey"] = _deliver(message).routing_key
+        previous = headers.get("retry-count")
+        headers["retry-count"] = (previous if isinstance(previous, int) else 0) + 1
+        props.headers = headers
+        try:
+            confirm = await self._dead_letters.publish(
+                self._settings.dead_letter_exchange, self.queue, message.body, props
+            )
+            await confirm
+        except (StreamlibError, aiormq.exceptions.AMQPError) as exc:
+            log.error(
+                "binding %s: dead-lettering a message from %s failed (%s); it goes back to "
+                "the queue",
+                self._spec.binding_name,
+                self.queue,
+                exc,
+            )
+            await self._settle(message, requeue=True)
+            return
+        await self._ack(message)
+
+
+class RabbitBinding:
+    """A bound consumer: one ``QueueConsumer`` per queue (several when partitioned)."""
+
+    def __init__(self, spec: ConsumerSpec, consumers: list[QueueConsumer]) -> None:
+        self._spec = spec
+        self._consumers = consumers
+        self._started = False
+
+    @property
+    def name(self) -> str:
+        return self._spec.binding_name
+
+    @property
+    def queues(self) -> list[str]:
+        return [c.queue for c in self._consumers]
+
+    @property
+    def is_running(self) -> bool:
+        return self._started and all(c.consuming for c in self._consumers)
+
+    async def start(self) -> None:
+        for consumer in self._consumers:
+            await consumer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        await asyncio.gather(*(c.stop() for c in self._consumers))
+
+    async def pause(self) -> None:
+        await asyncio.gather(*(c.pause() for c in self._consumers))
+
+    async def resume(self) -> None:
+        if self._started:
+            for consumer in self._consumers:
+                await consumer.start()
+
+    async def unbind(self) -> None:
+        self._started = False
+        await asyncio.gather(*(c.close() for c in self._consumers))

@@ -1,0 +1,148 @@
+"""Settings of the rabbit binder: ``binders.<name>.*`` and the per-binding extension keys.
+
+Keys are kebab-case, as in Spring Cloud Stream's RabbitMQ binder. Durations are in
+milliseconds where RabbitMQ takes milliseconds (``ttl``, ``expires``, ``dlq-ttl``) and in
+seconds for client-side timings (``heartbeat``, ``reconnect-interval``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from yarl import URL
+
+from streamlib.config import redact_url
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class TlsSettings(_Model):
+    """``binders.<name>.ssl``: TLS towards the broker (also turned on by an ``amqps://`` URL)."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretStr | None = None
+    verify: bool = True
+    """Check the broker's certificate and host name."""
+
+
+class RabbitBinderSettings(_Model):
+    """``binders.<name>`` settings of a ``type: rabbit`` binder.
+
+    Either ``url`` (``amqp://user:password@host:port/vhost``) or the separate connection keys.
+    """
+
+    url: SecretStr | None = None
+    host: str = "localhost"
+    port: int = Field(5672, ge=1, le=65535)
+    username: str = "guest"
+    password: SecretStr = SecretStr("guest")
+    virtual_host: str = "/"
+    ssl: TlsSettings = TlsSettings()
+    heartbeat: int = Field(60, ge=0)
+    """Seconds between heartbeats; 0 turns them off."""
+    connection_name: str | None = None
+    """Shown in the management UI; default ``<app>#<instance-index>:<role>``."""
+    publisher_confirms: bool = True
+    max_in_flight: int = Field(10_000, ge=1)
+    """Publishes of one producer awaiting the broker's confirmation; sends wait beyond it."""
+    reconnect_interval: float = Field(1.0, gt=0)
+    """Seconds between reconnection attempts after the connection dropped."""
+    connection_timeout: float = Field(30.0, gt=0)
+    """Seconds to wait for a (re)connection before an operation fails."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = URL(value.get_secret_value())
+            if url.scheme not in ("amqp", "amqps") or not url.host:
+                raise ValueError("must be amqp://host... or amqps://host...")
+        return value
+
+    def amqp_url(self) -> URL:
+        """The broker URL, credentials included (never log it: use ``safe_url``)."""
+        if self.url is not None:
+            return URL(self.url.get_secret_value())
+        return URL.build(
+            scheme="amqps" if self.ssl.enabled else "amqp",
+            host=self.host,
+            port=self.port,
+            user=self.username,
+            password=self.password.get_secret_value(),
+            path="/" + self.virtual_host.lstrip("/"),
+        )
+
+    def safe_url(self) -> str:
+        """The broker URL without its password."""
+        return redact_url(str(self.amqp_url()))
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.ssl.enabled or self.amqp_url().scheme == "amqps"
+
+
+Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
+
+
+class QueueSettings(_Model):
+    """Queue and dead-letter options shared by consumers and producers' ``required-groups``.
+
+    A queue is declared with the same arguments by whoever declares it first, so a producer
+    that declares required groups should state the consumer's queue options too.
+    """
+
+    auto_bind_dlq: bool = False
+    """Declare ``DLX`` and the DLQ and dead-letter failed messages there (also on with the
+    common ``dlq: true``)."""
+    republish_to_dlq: bool = True
+    """Publish the failed message to the DLQ with ``x-exception-*`` headers, then ack it;
+    when false, reject it and let the broker dead-letter it (no exception headers)."""
+    dead_letter_exchange: str = "DLX"
+    dlq_ttl: int | None = Field(None, ge=0)
+    """Milliseconds a dead letter waits in the DLQ before it goes back to the queue."""
+    quorum: bool = False
+    """Declare quorum queues (``x-queue-type=quorum``) instead of classic ones."""
+    single_active_consumer: bool = False
+    max_length: int | None = Field(None, ge=0)
+    max_length_bytes: int | None = Field(None, ge=0)
+    overflow: Overflow | None = None
+    ttl: int | None = Field(None, ge=0)
+    """``x-message-ttl`` of the queue, milliseconds."""
+    expires: int | None = Field(None, ge=1)
+    """``x-expires`` of the queue, milliseconds unused before it is deleted."""
+    durable_subscription: bool = True
+    """Group queues are durable (anonymous ones never are)."""
+    declare_exchange: bool = True
+    exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
+    exchange_durable: bool = True
+
+
+class RabbitConsumerSettings(QueueSettings):
+    """Extension keys of ``bindings.<binding>.consumer`` for the rabbit binder."""
+
+    prefetch: int = Field(250, ge=1, le=65535)
+    """Unacknowledged messages the broker sends ahead (Spring AMQP's default, 250)."""
+    exclusive: bool = False
+    """Consume exclusively: no other consumer may read the queue while this one does."""
+
+
+class RabbitProducerSettings(QueueSettings):
+    """Extension keys of ``bindings.<binding>.producer`` for the rabbit binder."""
+
+    delivery_mode: Literal["persistent", "non-persistent"] = "persistent"
+    mandatory: bool = False
+    """Publish as mandatory: a message no queue receives is returned, and its send fails
+    with PublishError. Off by default, as a destination nobody listens to drops messages."""

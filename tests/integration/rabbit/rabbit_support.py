@@ -1,0 +1,70 @@
+"""Helpers of the rabbit binder's integration tests (real broker from ``rabbit_url``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from streamlib import StreamApp
+from streamlib.testing.brokers import rabbitmqctl
+
+
+def rabbit_app(url: str, name: str, bindings: Mapping[str, Any], **top: Any) -> StreamApp:
+    """An app on the rabbit binder at ``url`` with ``bindings``."""
+    config: dict[str, Any] = {
+        "name": name,
+        "binders": {"rabbit": {"type": "rabbit", "url": url}},
+        "default-binder": "rabbit",
+        "bindings": dict(bindings),
+        **top,
+    }
+    return StreamApp(name, config=config)
+
+
+def listing(what: str, *columns: str) -> list[dict[str, Any]]:
+    """``rabbitmqctl list_<what> <columns>`` as dicts."""
+    rows = json.loads(rabbitmqctl(f"list_{what}", *columns, "--formatter", "json", "-q"))
+    assert isinstance(rows, list)
+    return rows
+
+
+def queue_info(name: str) -> dict[str, Any]:
+    """Flags and arguments of queue ``name``; arguments as a plain dict."""
+    for row in listing("queues", "name", "durable", "auto_delete", "exclusive", "arguments"):
+        if row["name"] == name:
+            row["arguments"] = {k: v for k, _type, v in row["arguments"]}
+            return row
+    raise AssertionError(f"queue {name!r} does not exist")
+
+
+def queues_named(prefix: str) -> list[str]:
+    return sorted(r["name"] for r in listing("queues", "name") if r["name"].startswith(prefix))
+
+
+def bindings_of(exchange: str) -> set[tuple[str, str]]:
+    """(queue, routing key) pairs bound to ``exchange``."""
+    return {
+        (r["destination_name"], r["routing_key"])
+        for r in listing("bindings", "source_name", "destination_name", "routing_key")
+        if r["source_name"] == exchange
+    }
+
+
+def exchange_info(name: str) -> dict[str, Any]:
+    for row in listing("exchanges", "name", "type", "durable", "auto_delete"):
+        if row["name"] == name:
+            return row
+    raise AssertionError(f"exchange {name!r} does not exist")
+
+
+def close_connections(name_prefix: str) -> int:
+    """Close (broker side) every connection whose connection name starts with the prefix."""
+    closed = 0
+    out = rabbitmqctl("list_connections", "pid", "client_properties", "-q", "--no-table-headers")
+    for line in out.splitlines():
+        pid, _, props = line.partition("\t")
+        if f'{{"connection_name","{name_prefix}' in props:
+            rabbitmqctl("close_connection", pid, "closed by a streamlib test")
+            closed += 1
+    return closed

@@ -1,0 +1,96 @@
+"""A RabbitMQ restart in the middle of a stream: nothing confirmed is lost, the app goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+import pytest
+from pydantic import BaseModel
+from rabbit_support import rabbit_app
+
+from streamlib.errors import BrokerError
+from streamlib.testing import Collector
+from streamlib.testing.brokers import broker_ctl
+
+pytestmark = [pytest.mark.anyio, pytest.mark.rabbit, pytest.mark.slow]
+
+BATCH = 100
+AFTER_RESTART = 2000
+TIMEOUT = 60.0
+
+
+class Item(BaseModel):
+    seq: int
+
+
+async def test_restart_mid_stream_loses_no_confirmed_message(
+    rabbit_url: str, unique: Callable[[str], str]
+) -> None:
+    dest = unique("restart")
+    got: Collector[int] = Collector()
+    consumer = rabbit_app(
+        rabbit_url, "consumer", {"take-in-0": {"destination": dest, "group": "g"}}
+    )
+
+    @consumer.sink
+    async def take(item: Item) -> None:
+        got.add(item.seq)
+
+    producer = rabbit_app(rabbit_url, "producer", {})
+    confirmed: set[int] = set()
+    failed: list[int] = []
+    health: list[str] = []
+
+    async def publish(seqs: Iterable[int]) -> None:
+        output = await producer.output(dest)
+        pending: list[tuple[int, Awaitable[None]]] = []
+        for seq in seqs:
+            try:
+                pending.append((seq, await output.send(Item(seq=seq))))
+            except BrokerError:
+                failed.append(seq)
+        for seq, confirm in pending:
+            try:
+                await confirm
+                confirmed.add(seq)
+            except BrokerError:
+                failed.append(seq)
+
+    async def watch_health() -> None:
+        while True:
+            health.append(consumer.health()["binders"]["rabbit"]["status"])
+            await asyncio.sleep(0.05)
+
+    async with consumer.run(), producer.run():
+        watcher = asyncio.create_task(watch_health())
+        seq = 0
+        restart: asyncio.Task[str] | None = None
+        restarted_at: int | None = None
+        while restarted_at is None or seq < restarted_at + AFTER_RESTART:
+            await publish(range(seq, seq + BATCH))
+            seq += BATCH
+            if restart is None and seq >= 1000:
+                restart = asyncio.create_task(asyncio.to_thread(broker_ctl, "restart", "rabbit"))
+            if restart is not None and restart.done() and restarted_at is None:
+                restart.result()
+                restarted_at = seq
+            await asyncio.sleep(0.02)
+        while failed:  # what was not confirmed is sent again: at-least-once
+            retry, failed[:] = list(failed), []
+            await publish(retry)
+        total = seq
+        assert confirmed == set(range(total))
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while set(got.items) != confirmed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        lost = confirmed - set(got.items)
+        assert not lost, f"{len(lost)} confirmed messages lost"
+        before = len(got)
+        await producer.send(dest, Item(seq=-1))
+        await got.wait_for(before + 1, TIMEOUT)
+        assert -1 in got.items
+        assert consumer.health()["binders"]["rabbit"]["status"] == "up"
+        watcher.cancel()
+    duplicates = len(got.items) - len(set(got.items))
+    print(f"sent {total}, duplicates {duplicates}, health seen {sorted(set(health))}")
