@@ -4,7 +4,7 @@ import pytest
 
 from streamlib.testing import BinderHarness
 
-BINDERS = ["memory"]
+BINDERS = ["memory", "kafka", "rabbit"]
 
 
 @pytest.fixture(params=BINDERS)

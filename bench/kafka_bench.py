@@ -1,0 +1,306 @@
+"""Kafka throughput: streamlib vs the raw aiokafka best pattern vs FastStream.
+
+    python -m bench kafka [--messages N] [--warmup N] [--bootstrap HOST:PORT] [--profile]
+
+Every contender moves the same ~200-byte JSON payload, decoded into (or encoded from) the
+same pydantic model, on the same broker in the same run, after a warm-up round; raw aiokafka
+sends the same record bytes as streamlib (with the ``contentType`` headers). Produce:
+pipelined sends, then wait for every acknowledgement (acks=all, idempotent, same linger and
+batch size everywhere). Consume: from the first to the last message handled of a pre-filled
+single-partition topic. Contenders run interleaved for ``--rounds`` rounds; the median counts,
+as the machine is shared. ``--profile`` prints a cProfile of streamlib's runs instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from pydantic import BaseModel
+
+from streamlib import StreamApp
+
+LINGER_MS = 5
+BATCH_SIZE = 65536
+# The raw producer sends the same record bytes as streamlib: body plus Spring's headers.
+HEADERS = [
+    ("contentType", b"application/json"),
+    ("spring_json_header_types", b'{"contentType":"java.lang.String"}'),
+]
+
+
+class Payload(BaseModel):
+    id: int
+    customer: str
+    amount: float
+    currency: str
+    note: str
+
+
+def payload(n: int) -> Payload:
+    return Payload(
+        id=n,
+        customer=f"customer-{n % 1000:06d}",
+        amount=n * 1.25,
+        currency="EUR",
+        note="x" * 120,
+    )
+
+
+def producer_settings() -> dict[str, Any]:
+    return {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": LINGER_MS,
+        "max_batch_size": BATCH_SIZE,
+    }
+
+
+def streamlib_config(bootstrap: str, bindings: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "binders": {
+            "kafka": {
+                "type": "kafka",
+                "bootstrap-servers": bootstrap,
+                "producer": {"linger-ms": LINGER_MS, "batch-size": BATCH_SIZE},
+            }
+        },
+        "bindings": bindings or {},
+    }
+
+
+async def create_topic(bootstrap: str) -> str:
+    topic = f"bench-{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+# -- produce ---------------------------------------------------------------------------------
+
+
+async def produce_raw(bootstrap: str, topic: str, items: list[Payload]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_settings())
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{}")
+        start = time.perf_counter()
+        send = producer.send
+        to_json = Payload.__pydantic_serializer__.to_json
+        futures = [await send(topic, to_json(item), headers=HEADERS) for item in items]
+        await asyncio.gather(*futures)
+        return time.perf_counter() - start
+    finally:
+        await producer.stop()
+
+
+async def produce_streamlib(bootstrap: str, topic: str, items: list[Payload]) -> float:
+    app = StreamApp("bench", config=streamlib_config(bootstrap))
+    async with app.run():
+        output = await app.output(topic)
+        await (await output.send(items[0]))
+        start = time.perf_counter()
+        send = output.send
+        confirmations = [await send(item) for item in items]
+        for confirmation in confirmations:
+            await confirmation
+        return time.perf_counter() - start
+
+
+async def produce_faststream(bootstrap: str, topic: str, items: list[Payload]) -> float:
+    from faststream.kafka import KafkaBroker
+
+    broker = KafkaBroker(bootstrap, logger=None, **producer_settings())
+    await broker.start()
+    try:
+        await broker.publish(items[0], topic=topic)
+        start = time.perf_counter()
+        publish = broker.publish
+        futures = [await publish(item, topic=topic, no_confirm=True) for item in items]
+        await asyncio.gather(*futures)
+        return time.perf_counter() - start
+    finally:
+        await broker.stop()
+
+
+# -- consume ---------------------------------------------------------------------------------
+
+
+class Clock:
+    """First and last handled message times; ``done`` once ``count`` were handled."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = asyncio.Event()
+
+    def tick(self) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.first = time.perf_counter()
+        if self.seen == self.count:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def elapsed(self) -> float:
+        return self.last - self.first
+
+
+async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
+    clock = Clock(count)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        validate = Payload.model_validate_json
+        while not clock.done.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    validate(record.value)
+                    clock.tick()
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+    return clock.elapsed()
+
+
+async def consume_streamlib(bootstrap: str, topic: str, count: int) -> float:
+    clock = Clock(count)
+    bindings = {"take-in-0": {"destination": topic, "group": f"sl-{uuid.uuid4().hex[:8]}"}}
+    app = StreamApp("bench", config=streamlib_config(bootstrap, bindings))
+    tick = clock.tick
+
+    @app.sink
+    async def take(item: Payload) -> None:
+        tick()
+
+    async with app.run():
+        await clock.done.wait()
+    return clock.elapsed()
+
+
+async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
+    from faststream.kafka import KafkaBroker
+
+    clock = Clock(count)
+    broker = KafkaBroker(bootstrap, logger=None)
+
+    @broker.subscriber(topic, group_id=f"fs-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest")
+    async def take(item: Payload) -> None:
+        clock.tick()
+
+    await broker.start()
+    try:
+        await clock.done.wait()
+    finally:
+        await broker.stop()
+    return clock.elapsed()
+
+
+# -- running ---------------------------------------------------------------------------------
+
+Produce = Callable[[str, str, list[Payload]], Awaitable[float]]
+Consume = Callable[[str, str, int], Awaitable[float]]
+
+PRODUCERS: dict[str, Produce] = {
+    "raw aiokafka": produce_raw,
+    "streamlib": produce_streamlib,
+    "faststream": produce_faststream,
+}
+CONSUMERS: dict[str, Consume] = {
+    "raw aiokafka": consume_raw,
+    "streamlib": consume_streamlib,
+    "faststream": consume_faststream,
+}
+
+
+async def fill(bootstrap: str, count: int) -> str:
+    """A fresh topic holding ``count`` messages as streamlib (and Spring) write them."""
+    topic = await create_topic(bootstrap)
+    await produce_streamlib(bootstrap, topic, [payload(n) for n in range(count)])
+    return topic
+
+
+async def run(
+    bootstrap: str, count: int, warmup: int, rounds: int, only: str | None
+) -> dict[str, list[float]]:
+    """Rates (msgs/s) of every contender, ``rounds`` times, contenders interleaved."""
+    items = [payload(n) for n in range(count)]
+    rates: dict[str, list[float]] = {}
+    producers = {k: v for k, v in PRODUCERS.items() if only in (None, k)}
+    consumers = {k: v for k, v in CONSUMERS.items() if only in (None, k)}
+    for produce in producers.values():
+        await produce(bootstrap, await create_topic(bootstrap), items[:warmup])
+    for _ in range(rounds):
+        for name, produce in producers.items():
+            elapsed = await produce(bootstrap, await create_topic(bootstrap), items)
+            rates.setdefault(f"produce {name}", []).append(count / elapsed)
+    topic = await fill(bootstrap, count + 1)
+    for consume in consumers.values():
+        await consume(bootstrap, topic, warmup)
+    for _ in range(rounds):
+        for name, consume in consumers.items():
+            elapsed = await consume(bootstrap, topic, count + 1)
+            rates.setdefault(f"consume {name}", []).append(count / elapsed)
+    return rates
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    """Median and best of the rounds; ratios of medians."""
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    for name, values in rates.items():
+        print(f"{name:<24} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
+    for kind in ("produce", "consume"):
+        ours = medians.get(f"{kind} streamlib")
+        raw = medians.get(f"{kind} raw aiokafka")
+        fast = medians.get(f"{kind} faststream")
+        if ours and raw:
+            print(f"{kind} streamlib / raw aiokafka: {ours / raw:.2f}x")
+        if ours and fast:
+            print(f"{kind} streamlib / faststream:   {ours / fast:.2f}x")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench kafka")
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
+    )
+    parser.add_argument("--profile", action="store_true", help="profile streamlib's runs")
+    args = parser.parse_args(argv)
+    print(f"Kafka at {args.bootstrap}: {args.messages} messages of ~200 bytes")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        rates = asyncio.run(run(args.bootstrap, args.messages, args.warmup, 1, "streamlib"))
+        profiler.disable()
+        report(rates)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return 0
+    report(asyncio.run(run(args.bootstrap, args.messages, args.warmup, args.rounds, None)))
+    return 0

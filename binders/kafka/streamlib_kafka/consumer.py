@@ -1,0 +1,645 @@
+"""Consuming: one aiokafka consumer per binding, a fetch loop, and ``concurrency`` workers.
+
+Each assigned partition belongs to one worker, so a partition's records are handled one at a
+time and in order (retries happen in place, in the core), while different partitions run in
+parallel. Offsets are committed periodically, on revoke and on stop, and only up to the first
+record whose handling (including output and DLQ confirmations) has not completed: that is
+at-least-once without awaiting each send. Fetching stops while ``max-in-flight`` fetched
+records wait to be handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+
+from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
+from streamlib.errors import BindingError
+from streamlib.messages import Envelope
+from streamlib.retry import Failure
+
+from . import naming
+from .attributes import RecordExtras, timestamp_type_name
+from .errors import KafkaError, start_client
+from .headers import decode_headers
+from .producer import Confirmation, ProducerClient, send_record
+from .settings import ConsumerDefaults, KafkaConsumerExtension
+from .transactions import Transaction, current_transaction
+
+log = logging.getLogger("streamlib.kafka")
+
+READY_TIMEOUT = 60.0
+_FETCH_WAIT_MS = 200
+
+
+class _Partition:
+    """Progress of one assigned partition.
+
+    ``done`` is the offset to commit: every record before it was handled and confirmed.
+    ``pending`` holds handled records (in offset order) whose sends await confirmation.
+    """
+
+    __slots__ = ("committed", "done", "generation", "pending", "revoked", "tp", "worker")
+
+    def __init__(self, tp: Any, worker: int) -> None:
+        self.tp = tp
+        self.worker = worker
+        self.done = -1
+        self.committed = -1
+        self.pending: deque[tuple[int, Confirmation | None]] = deque()
+        self.revoked = False
+        self.generation = 0
+
+    def finished(self, offset: int) -> None:
+        if self.pending:
+            self.pending.append((offset, None))
+        else:
+            self.done = offset + 1
+
+    def advance(self) -> BaseException | None:
+        """Move ``done`` past every confirmed record; the error of a failed send, if any."""
+        pending = self.pending
+        while pending:
+            offset, confirmation = pending[0]
+            if confirmation is not None:
+                if not confirmation.done():
+                    return None
+                error = confirmation.error()
+                if error is not None:
+                    return error
+            pending.popleft()
+            self.done = offset + 1
+        return None
+
+    async def flush(self) -> BaseException | None:
+        """Wait for every pending confirmation in order; the first error, if any."""
+        pending = self.pending
+        while pending:
+            offset, confirmation = pending[0]
+            if confirmation is not None:
+                try:
+                    await confirmation
+                except Exception as exc:
+                    return exc
+            pending.popleft()
+            self.done = offset + 1
+        return None
+
+
+class _Worker:
+    """Handles the records of the partitions it owns, one at a time; ``current`` is the
+    partition of the record being handled."""
+
+    __slots__ = ("batches", "current", "wake")
+
+    def __init__(self) -> None:
+        self.batches: deque[tuple[_Partition, int, list[Any]]] = deque()
+        self.wake = asyncio.Event()
+        self.current: _Partition | None = None
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, binding: KafkaBinding) -> None:
+        self._binding = binding
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._binding._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._binding._assigned(assigned)
+
+
+def _dlq_headers(record: Any, failure: Failure) -> list[tuple[str, bytes]]:
+    headers = list(record.headers or ())
+    headers += [
+        ("x-original-topic", record.topic.encode()),
+        ("x-original-partition", struct.pack(">i", record.partition)),
+        ("x-original-offset", struct.pack(">q", record.offset)),
+        ("x-original-timestamp", struct.pack(">q", record.timestamp)),
+        ("x-original-timestamp-type", timestamp_type_name(record.timestamp_type).encode()),
+    ]
+    headers += [(k, v.encode("utf-8")) for k, v in failure.dead_letter_headers().items()]
+    return headers
+
+
+class KafkaBinding:
+    """A bound consumer (the ``Binding`` of the SPI)."""
+
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        dispatch: Dispatcher,
+        extension: KafkaConsumerExtension,
+        defaults: ConsumerDefaults,
+        client_kwargs: dict[str, Any],
+        producer: ProducerClient,
+        partition_count: int,
+        transactional: Callable[[int], Any] | None = None,
+    ) -> None:
+        self._spec = spec
+        self._dispatch = dispatch
+        self._ext = extension
+        self._defaults = defaults
+        self._client_kwargs = client_kwargs
+        self._producer = producer
+        self._topic = naming.topic(spec.destination)
+        self._group_id = naming.group_id(spec.group)
+        self._dlq_topic = naming.dlq_topic(spec.destination, spec.group) if spec.group else None
+        self._static = self._static_partitions(partition_count)
+        self._concurrency = spec.properties.concurrency
+        self._max_in_flight = extension.max_in_flight
+        self._consumer: Any = None
+        self._partitions: dict[Any, _Partition] = {}
+        self._workers: list[_Worker] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._assigned_once = asyncio.Event()
+        self._reset_pending = extension.reset_offsets
+        self._running = False
+        self._new_transactional = transactional
+        self._transactional: list[Any] = []
+
+    def _static_partitions(self, partition_count: int) -> list[int] | None:
+        spec = self._spec
+        props = spec.properties
+        if props.partitioned and props.instance_index_list:
+            return sorted(props.instance_index_list)
+        if props.partitioned or not self._ext.auto_rebalance:
+            n, i = spec.instance_count, spec.instance_index
+            return [p for p in range(partition_count) if p % n == i]
+        return None
+
+    # -- Binding -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._spec.binding_name
+
+    @property
+    def is_running(self) -> bool:
+        return self._running
+
+    @property
+    def group_id(self) -> str:
+        return self._group_id
+
+    async def start(self) -> None:
+        """Connect, join the group (or take the static partitions), and return once every
+        assigned partition has its starting position, so nothing sent afterwards is missed."""
+        if self._running:
+            return
+        ext = self._ext
+        offset_reset = ext.start_offset or ("earliest" if self._spec.group else "latest")
+        consumer = AIOKafkaConsumer(
+            **self._client_kwargs,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=offset_reset,
+            isolation_level="read_committed" if ext.transactional else "read_uncommitted",
+            session_timeout_ms=self._defaults.session_timeout_ms,
+            heartbeat_interval_ms=self._defaults.heartbeat_interval_ms,
+        )
+        await start_client(consumer, f"starting the consumer of {self._topic!r}")
+        self._consumer = consumer
+        self._partitions = {}
+        self._workers = [_Worker() for _ in range(self._concurrency)]
+        self._in_flight = 0
+        self._assigned_once.clear()
+        self._running = True
+        try:
+            if self._static is not None:
+                tps = [TopicPartition(self._topic, p) for p in self._static]
+                consumer.assign(tps)
+                await self._assigned(tps)
+            else:
+                consumer.subscribe([self._topic], listener=_Listener(self))
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._fetch(), name=f"{self.name}:fetch")]
+            if self._new_transactional is None:
+                self._tasks.append(
+                    loop.create_task(self._commit_periodically(), name=f"{self.name}:commit")
+                )
+                self._tasks += [
+                    loop.create_task(self._work(w), name=f"{self.name}:worker{i}")
+                    for i, w in enumerate(self._workers)
+                ]
+            else:
+                for i, w in enumerate(self._workers):
+                    producer = self._new_transactional(i)
+                    self._transactional.append(producer)
+                    await start_client(
+                        producer, f"starting the transactional producer of {self.name!r}"
+                    )
+                    self._tasks.append(
+                        loop.create_task(
+                            self._work_transactional(w, producer), name=f"{self.name}:worker{i}"
+                        )
+                    )
+            await self._ready()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _ready(self) -> None:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self._assigned_once.wait()
+                for tp in list(self._partitions):
+                    # A partition revoked by a rebalance meanwhile is positioned by its owner.
+                    with contextlib.suppress(KafkaError):
+                        await self._consumer.position(tp)
+        except TimeoutError:
+            raise BindingError(
+                f"binding {self.name!r}: no partitions of topic {self._topic!r} were assigned "
+                f"to group {self._group_id!r} within {READY_TIMEOUT:.0f}s"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop fetching, finish the record each worker is handling, commit, and leave."""
+        if not self._running:
+            return
+        self._running = False
+        fetch = self._tasks[0] if self._tasks else None
+        if fetch is not None:
+            fetch.cancel()
+            await asyncio.gather(fetch, return_exceptions=True)
+        states = list(self._partitions.values())
+        await self._drain(states)
+        await self._close()
+
+    async def _close(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._partitions = {}
+        producers, self._transactional = self._transactional, []
+        for producer in producers:
+            try:
+                await producer.stop()
+            except KafkaError as exc:
+                log.warning("binding %s: closing a producer failed: %s", self.name, exc)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except KafkaError as exc:
+                log.warning("binding %s: closing the consumer failed: %s", self.name, exc)
+
+    async def pause(self) -> None:
+        """Stop fetching and handling; the record being handled finishes."""
+        self._paused = True
+        self._resumed.clear()
+        if self._consumer is not None:
+            self._consumer.pause(*self._partitions)
+
+    async def resume(self) -> None:
+        self._paused = False
+        self._resumed.set()
+        if self._consumer is not None:
+            self._consumer.resume(*self._partitions)
+
+    async def unbind(self) -> None:
+        await self.stop()
+
+    # -- rebalancing ---------------------------------------------------------------------
+
+    async def _assigned(self, assigned: Any) -> None:
+        load = [0] * self._concurrency
+        for state in self._partitions.values():
+            load[state.worker] += 1
+        for tp in sorted(assigned, key=lambda t: t.partition):
+            if tp not in self._partitions:
+                worker = load.index(min(load))
+                load[worker] += 1
+                self._partitions[tp] = _Partition(tp, worker)
+        if self._paused and assigned:
+            self._consumer.pause(*assigned)
+        if self._reset_pending and assigned:
+            self._reset_pending = False
+            if self._ext.start_offset == "latest" or (
+                self._ext.start_offset is None and not self._spec.group
+            ):
+                await self._consumer.seek_to_end(*assigned)
+            else:
+                await self._consumer.seek_to_beginning(*assigned)
+        self._assigned_once.set()
+
+    async def _revoked(self, revoked: Any) -> None:
+        states = [self._partitions.pop(tp) for tp in revoked if tp in self._partitions]
+        await self._drain(states)
+
+    async def _drain(self, states: list[_Partition]) -> None:
+        """Let the workers finish their current record of ``states``, then commit them."""
+        for state in states:
+            state.revoked = True
+        # Polled: cheaper than signalling from the hot path, and only rebalances wait here.
+        for worker in self._workers:
+            while worker.current is not None and worker.current in states:
+                await asyncio.sleep(0.005)
+        for state in states:
+            error = await state.flush()
+            if error is not None:
+                log.error(
+                    "binding %s: a send for %s offset %d failed; it will be redelivered: %s",
+                    self.name,
+                    self._topic,
+                    state.pending[0][0],
+                    error,
+                )
+        await self._commit(states)
+
+    # -- the hot path --------------------------------------------------------------------
+
+    async def _fetch(self) -> None:
+        consumer = self._consumer
+        max_poll = self._defaults.max_poll_records
+        while True:
+            room = self._max_in_flight - self._in_flight
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=_FETCH_WAIT_MS, max_records=min(room, max_poll)
+                )
+            except KafkaError as exc:
+                log.warning("binding %s: fetching from %s failed: %s", self.name, self._topic, exc)
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:
+                log.exception("binding %s: fetching from %s failed", self.name, self._topic)
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batches.items():
+                state = self._partitions.get(tp)
+                if state is None or state.revoked or not records:
+                    continue
+                if state.done < 0:
+                    state.done = state.committed = records[0].offset
+                self._in_flight += len(records)
+                worker = self._workers[state.worker]
+                worker.batches.append((state, state.generation, records))
+                worker.wake.set()
+
+    async def _work(self, worker: _Worker) -> None:
+        dispatch = self._dispatch
+        batches = worker.batches
+        while True:
+            if not batches:
+                worker.wake.clear()
+                await worker.wake.wait()
+                continue
+            state, generation, records = batches.popleft()
+            try:
+                for record in records:
+                    if self._paused:
+                        await self._resumed.wait()
+                    if state.revoked or generation != state.generation:
+                        break
+                    worker.current = state
+                    value = record.value
+                    outcome = await dispatch(
+                        Envelope(
+                            value if value is not None else b"",
+                            decode_headers(record.headers),
+                            record.key,
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            record.timestamp / 1000.0,
+                            RecordExtras(record),
+                        )
+                    )
+                    if outcome is not ACK:
+                        await self._settle(state, record, outcome)
+                    elif state.pending:
+                        state.pending.append((record.offset, None))
+                    else:
+                        state.done = record.offset + 1
+                    worker.current = None
+            finally:
+                worker.current = None
+                self._in_flight -= len(records)
+                if self._in_flight < self._max_in_flight:
+                    self._room.set()
+
+    async def _work_transactional(self, worker: _Worker, producer: Any) -> None:
+        """Like ``_work``, but records commit in transactions (one per batch unless a pause
+        splits it): the handler's sends (through ``current_transaction``), dead letters and
+        the consumed offsets commit together."""
+        current_transaction.set(Transaction(producer, self._producer))
+        batches = worker.batches
+        while True:
+            if not batches:
+                worker.wake.clear()
+                await worker.wake.wait()
+                continue
+            state, generation, records = batches.popleft()
+            start = 0
+            try:
+                while start < len(records):
+                    if self._paused:
+                        await self._resumed.wait()
+                    if state.revoked or generation != state.generation:
+                        break
+                    worker.current = state
+                    start = await self._transact(producer, state, generation, records, start)
+                    worker.current = None
+            finally:
+                worker.current = None
+                self._in_flight -= len(records)
+                if self._in_flight < self._max_in_flight:
+                    self._room.set()
+
+    async def _transact(
+        self, producer: Any, state: _Partition, generation: int, records: list[Any], start: int
+    ) -> int:
+        """One transaction over ``records[start:]``, ended early by a pause or a revoke;
+        returns the index of the first record it did not handle."""
+        dispatch = self._dispatch
+        index = start
+        try:
+            await producer.begin_transaction()
+            while index < len(records):
+                if self._paused or state.revoked or generation != state.generation:
+                    break
+                record = records[index]
+                value = record.value
+                outcome = await dispatch(
+                    Envelope(
+                        value if value is not None else b"",
+                        decode_headers(record.headers),
+                        record.key,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.timestamp / 1000.0,
+                        RecordExtras(record),
+                    )
+                )
+                # Sends inside the transaction are confirmed by its commit.
+                if outcome.pending is not None and not isinstance(outcome.pending, Confirmation):
+                    await outcome.pending
+                if outcome.failure is not None:
+                    await self._dead_letter(record, outcome.failure, producer)
+                index += 1
+            if index > start:
+                offsets = {state.tp: records[index - 1].offset + 1}
+                await producer.send_offsets_to_transaction(offsets, self._group_id)
+            await producer.commit_transaction()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            self._rewind(state, records[start].offset, exc)
+            return len(records)
+        if index > start:
+            state.done = state.committed = records[index - 1].offset + 1
+        return index
+
+    async def _settle(self, state: _Partition, record: Any, outcome: Outcome) -> None:
+        """Record a handled message whose outcome needs a confirmation or a dead letter."""
+        confirmation: Confirmation | None = None
+        try:
+            if outcome.pending is not None:
+                confirmation = await self._confirmation(outcome.pending)
+            if outcome.failure is not None:
+                if confirmation is not None:
+                    await confirmation
+                    confirmation = None
+                confirmation = await self._dead_letter(record, outcome.failure)
+        except Exception as exc:
+            self._rewind(state, record.offset, exc)
+            return
+        if confirmation is None:
+            state.finished(record.offset)
+            return
+        state.pending.append((record.offset, confirmation))
+        if len(state.pending) > self._max_in_flight:
+            await self._confirm_some(state)
+
+    async def _confirm_some(self, state: _Partition) -> None:
+        """Bound the unconfirmed records of a partition: wait for the oldest ones."""
+        error = state.advance()
+        while error is None and len(state.pending) > self._max_in_flight // 2:
+            oldest = state.pending[0][1]
+            if oldest is not None:
+                with contextlib.suppress(Exception):
+                    await oldest
+            error = state.advance()
+        if error is not None:
+            self._rewind(state, state.pending[0][0], error)
+
+    @staticmethod
+    async def _confirmation(pending: Awaitable[None]) -> Confirmation | None:
+        # Our own confirmations are checked without waiting; others are awaited here.
+        if isinstance(pending, Confirmation):
+            return pending
+        await pending
+        return None
+
+    async def _dead_letter(
+        self, record: Any, failure: Failure, producer: Any = None
+    ) -> Confirmation:
+        assert self._dlq_topic is not None
+        if producer is None:
+            producer = await self._producer.get()
+        return await send_record(
+            producer,
+            self._dlq_topic,
+            record.value if record.value is not None else b"",
+            record.key,
+            record.partition,
+            _dlq_headers(record, failure),
+        )
+
+    def _rewind(self, state: _Partition, offset: int, exc: BaseException) -> None:
+        """A send failed: redeliver the partition from its first unconfirmed record."""
+        if self._new_transactional is not None:
+            target = state.committed
+        else:
+            target = state.pending[0][0] if state.pending else offset
+        log.error(
+            "binding %s: sending for %s partition %d offset %d failed; redelivering from "
+            "offset %d: %s",
+            self.name,
+            self._topic,
+            state.tp.partition,
+            offset,
+            target,
+            exc,
+        )
+        state.pending.clear()
+        state.generation += 1
+        state.done = target
+        if not state.revoked and self._consumer is not None:
+            self._consumer.seek(state.tp, target)
+
+    # -- committing ----------------------------------------------------------------------
+
+    async def _commit_periodically(self) -> None:
+        interval = self._defaults.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            states = []
+            for state in list(self._partitions.values()):
+                error = state.advance()
+                if error is not None:
+                    self._rewind(state, state.pending[0][0], error)
+                states.append(state)
+            await self._commit(states)
+
+    async def _commit(self, states: list[_Partition]) -> None:
+        offsets = {s.tp: s.done for s in states if s.done > s.committed}
+        if not offsets or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance is under way: the revoke callback commits what this one could not.
+            log.info("binding %s: commit deferred: %s", self.name, exc)
+            return
+        for state in states:
+            state.committed = max(state.committed, offsets.get(state.tp, -1))
+
+    # -- health --------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Running state, assigned partitions and lag (records not yet handled) per partition."""
+        lag: dict[int, int | None] = {}
+        consumer = self._consumer
+        for tp, state in self._partitions.items():
+            high = None
+            if consumer is not None:
+                try:
+                    high = consumer.highwater(tp)
+                except KafkaError:
+                    high = None
+            lag[tp.partition] = (
+                None if high is None or state.done < 0 else max(high - state.done, 0)
+            )
+        return {
+            "running": self._running,
+            "paused": self._paused,
+            "topic": self._topic,
+            "group": self._group_id,
+            "assigned": sorted(lag),
+            "lag": lag,
+        }
+
+    def client(self) -> Any:
+        return self._consumer
