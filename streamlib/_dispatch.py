@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from .binder import ACK, Outcome
-from .converters import content_type_of
+from .converters import PayloadDecoder
 from .messages import Envelope, Message
 from .retry import Failure, RetryPolicy
 
@@ -30,9 +30,8 @@ class HandlerDispatcher:
         self,
         binding: str,
         handler: Callable[[Any], Awaitable[Any]],
-        decoder: Callable[[bytes, str], Any],
+        decoder: PayloadDecoder,
         wants_message: bool,
-        content_type: str | None,
         policy: RetryPolicy,
         dlq: bool,
         emit: Emit | None,
@@ -42,7 +41,6 @@ class HandlerDispatcher:
         self._handler = handler
         self._decoder = decoder
         self._wants_message = wants_message
-        self._content_type = content_type
         self._dlq = dlq
         self._emit = emit
 
@@ -51,9 +49,7 @@ class HandlerDispatcher:
         while True:
             attempt += 1
             try:
-                payload = self._decoder(
-                    envelope.body, content_type_of(envelope.headers, self._content_type)
-                )
+                payload = self._decoder(envelope.body, envelope.headers)
                 arg = (
                     Message._received(payload, envelope, attempt)
                     if self._wants_message

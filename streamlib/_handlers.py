@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio.to_thread
 
-from .converters import Decoder, make_decoder
 from .errors import ConfigError
 from .messages import Message
 
@@ -28,7 +27,7 @@ class Handler:
     kind: Kind
     name: str
     call: Callable[[Any], Awaitable[Any]]
-    decoder: Decoder | None
+    payload_type: Any
     wants_message: bool
     interval: float | None = None
 
@@ -80,4 +79,4 @@ def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = No
             raise ConfigError("", f"source {fn.__qualname__} must take no arguments")
         return Handler(kind, name, _awaitable_call(fn, False), None, False, interval)
     payload_type, wants_message = _payload_type(fn, kind)
-    return Handler(kind, name, _awaitable_call(fn, True), make_decoder(payload_type), wants_message)
+    return Handler(kind, name, _awaitable_call(fn, True), payload_type, wants_message)

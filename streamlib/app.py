@@ -16,6 +16,7 @@ from ._handlers import Handler, Kind, make_handler
 from ._outputs import Output
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
 from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
+from .converters import PayloadDecoder
 from .errors import ConfigError, StreamlibError
 from .messages import Message
 from .refresh import DefaultsProvider, LiveConfig, RefreshListener, RefreshResult, Settings
@@ -225,13 +226,11 @@ class StreamApp:
                     return await (await self.output(result.destination)).send(result)
                 return await self._outputs[out_name].send(result)
 
-        assert handler.decoder is not None
         return HandlerDispatcher(
             name,
             handler.call,
-            handler.decoder,
+            PayloadDecoder(handler.payload_type, props.content_type),
             handler.wants_message,
-            props.content_type,
             RetryPolicy.from_properties(props.consumer),
             props.consumer.dlq,
             emit,

@@ -1,8 +1,9 @@
 """Payload conversion by content type: JSON (orjson + pydantic), text and raw bytes.
 
-Decoders are built once per handler from its type hint, so the per-message path is a single
-call. Content type precedence: the message's ``contentType`` header, then the binding's
-``content-type``, then ``application/json``.
+A handler's decoder is built from its type hint, with one specialised function per content
+type, so the per-message path is a look-up and the decode. Content type precedence: the
+message's ``contentType`` header, then the binding's ``content-type``, then
+``application/json``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter
 
 from .errors import MessageConversionError
 from .messages import APPLICATION_JSON, CONTENT_TYPE, OCTET_STREAM, TEXT_PLAIN
-
-Decoder = Callable[[bytes, str], Any]
 
 
 def mime_of(content_type: object) -> str:
@@ -27,23 +26,6 @@ def mime_of(content_type: object) -> str:
     return text.split(";", 1)[0].strip().lower()
 
 
-_mime_cache: dict[object, str] = {}
-
-
-def content_type_of(headers: dict[str, Any], binding_default: str | None) -> str:
-    """The MIME type that governs decoding: header, then binding, then application/json."""
-    value = headers.get(CONTENT_TYPE, binding_default)
-    if value is None:
-        return APPLICATION_JSON
-    # A handful of distinct header values recur on every message: parse each once.
-    mime = _mime_cache.get(value)
-    if mime is None:
-        mime = mime_of(value)
-        if len(_mime_cache) < 256:
-            _mime_cache[value] = mime
-    return mime
-
-
 def _is_json(mime: str) -> bool:
     return mime == APPLICATION_JSON or mime.endswith("+json")
 
@@ -52,62 +34,92 @@ def _is_text(mime: str) -> bool:
     return mime.startswith("text/")
 
 
-def _fail(target: object, mime: str, exc: Exception) -> MessageConversionError:
-    name = getattr(target, "__name__", repr(target))
-    return MessageConversionError(f"cannot convert {mime} body to {name}: {exc}")
+BodyDecoder = Callable[[bytes], Any]
 
 
-def make_decoder(target: Any) -> Decoder:
-    """A function ``(body, mime) -> payload`` for the handler's payload type ``target``."""
+def _utf8(body: bytes) -> str:
+    return body.decode("utf-8")
+
+
+def _identity(body: bytes) -> bytes:
+    return body
+
+
+def body_decoder(target: Any, mime: str) -> BodyDecoder:
+    """The function that turns a ``mime`` body into ``target``.
+
+    It raises ValueError (pydantic, orjson and UTF-8 errors all are) or MessageConversionError;
+    ``PayloadDecoder`` turns the former into the latter.
+    """
     if target is bytes:
-        return lambda body, mime: body
+        return _identity
     if target is str:
-
-        def decode_str(body: bytes, mime: str) -> str:
-            try:
-                return body.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _fail(target, mime, exc) from exc
-
-        return decode_str
+        return _utf8
     if target is Any or target is object or target is None:
-
-        def decode_any(body: bytes, mime: str) -> Any:
-            try:
-                if _is_json(mime):
-                    return orjson.loads(body)
-                if _is_text(mime):
-                    return body.decode("utf-8")
-            except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _fail(target, mime, exc) from exc
-            return body
-
-        return decode_any
+        if _is_json(mime):
+            return orjson.loads
+        return _utf8 if _is_text(mime) else _identity
     if isinstance(target, type) and issubclass(target, BaseModel):
-        validate_json = target.model_validate_json
+        if not (_is_json(mime) or _is_text(mime)):
 
-        def decode_model(body: bytes, mime: str) -> Any:
-            if not (_is_json(mime) or _is_text(mime)):
+            def refuse(body: bytes) -> Any:
                 raise MessageConversionError(
                     f"cannot convert {mime} body to {target.__name__}: not a JSON content type"
                 )
-            try:
-                return validate_json(body)
-            except ValidationError as exc:
-                raise _fail(target, mime, exc) from exc
 
-        return decode_model
+            return refuse
+        return target.model_validate_json
     adapter: TypeAdapter[Any] = TypeAdapter(target)
+    if _is_text(mime):
+        return lambda body: adapter.validate_python(body.decode("utf-8"))
+    return adapter.validate_json
 
-    def decode_adapted(body: bytes, mime: str) -> Any:
+
+class PayloadDecoder:
+    """Decodes message bodies into one handler's payload type.
+
+    The content type comes from the ``contentType`` header, else the binding's content type,
+    else ``application/json``. Few distinct header values recur, so the function for each is
+    built once and the per-message cost is one dict look-up and the decode itself.
+    """
+
+    __slots__ = ("_binding_default", "_by_header", "target")
+
+    def __init__(self, target: Any, binding_default: str | None = None) -> None:
+        self.target = target
+        self._binding_default = binding_default
+        self._by_header: dict[object, tuple[BodyDecoder, str]] = {}
+        self._resolve(None)  # build the usual decoder now: an unusable type fails at start-up
+
+    def _resolve(self, header: object) -> tuple[BodyDecoder, str]:
+        raw = header if header is not None else self._binding_default
+        mime = mime_of(raw) if raw is not None else APPLICATION_JSON
+        entry = (body_decoder(self.target, mime), mime)
         try:
-            if _is_text(mime):
-                return adapter.validate_python(body.decode("utf-8"))
-            return adapter.validate_json(body)
-        except (ValidationError, UnicodeDecodeError) as exc:
-            raise _fail(target, mime, exc) from exc
+            if len(self._by_header) < 64:
+                self._by_header[header] = entry
+        except TypeError:  # an unhashable header value: decode without caching
+            pass
+        return entry
 
-    return decode_adapted
+    def for_header(self, header: object) -> tuple[BodyDecoder, str]:
+        """The body decoder and MIME type for a ``contentType`` header value (or None)."""
+        try:
+            return self._by_header[header]
+        except (KeyError, TypeError):
+            return self._resolve(header)
+
+    def error(self, mime: str, exc: ValueError) -> MessageConversionError:
+        name = getattr(self.target, "__name__", repr(self.target))
+        return MessageConversionError(f"cannot convert {mime} body to {name}: {exc}")
+
+    def __call__(self, body: bytes, headers: dict[str, Any]) -> Any:
+        """The payload of ``body``; raises MessageConversionError naming type and mime."""
+        decode, mime = self.for_header(headers.get(CONTENT_TYPE))
+        try:
+            return decode(body)
+        except ValueError as exc:
+            raise self.error(mime, exc) from exc
 
 
 def encode(payload: object, binding_content_type: str | None) -> tuple[bytes, str]:
