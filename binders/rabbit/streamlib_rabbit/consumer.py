@@ -64,7 +64,8 @@ def envelope_of(
     """The streamlib envelope of a delivery: ``content_type`` back as the contentType header,
     the key from its header, the delivery tag as offset."""
     props = message.header.properties
-    headers: dict[str, Any] = props.headers or {}
+    # A copy: a dead letter is republished with the delivery's own headers, untouched.
+    headers: dict[str, Any] = dict(props.headers) if props.headers else {}
     key = headers.pop(naming.KEY_HEADER, None) if headers else None
     if props.content_type is not None:
         headers[CONTENT_TYPE] = props.content_type
