@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 
-from streamlib.testing.brokers import Broker, broker_ctl, launcher_runs, rabbitmqctl
+from streamlib.testing.brokers import (
+    Broker,
+    broker_ctl,
+    launcher_runs,
+    rabbitmqctl,
+    require_kafka,
+    require_rabbit,
+)
 
 TIMEOUT = 30.0
 
@@ -157,3 +165,27 @@ def test_kafka_kill_and_start_keeps_records(
     broker_ctl("kill", "kafka")
     broker_ctl("start", "kafka")
     assert asyncio.run(consume()) == payload
+
+
+@pytest.mark.rabbit
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["rabbit", "kafka"])
+def test_a_dead_broker_fails_the_next_test_at_once_naming_its_log(
+    broker: Broker, kafka_bootstrap: str, rabbit_url: str
+) -> None:
+    address = rabbit_url if broker == "rabbit" else kafka_bootstrap
+    require = require_rabbit if broker == "rabbit" else require_kafka
+    _require_launcher(broker, address)
+    broker_ctl("stop", broker)
+    try:
+        started = time.monotonic()
+        with pytest.raises(pytest.fail.Exception) as failure:
+            require(address)
+        assert time.monotonic() - started < 10
+        message = str(failure.value)
+        assert "does not answer" in message and "Its log:" in message
+        assert "guest:guest" not in message
+    finally:
+        broker_ctl("start", broker)
+    require(address)
