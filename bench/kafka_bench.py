@@ -13,11 +13,8 @@ as the machine is shared. ``--profile`` prints a cProfile of streamlib's runs in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import cProfile
 import os
-import pstats
 import statistics
 import time
 import uuid
@@ -26,9 +23,18 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from pydantic import BaseModel
 
-from streamlib import StreamApp
+from bench.common import (
+    Clock,
+    Payload,
+    arguments,
+    faststream_receive,
+    payload,
+    print_ratios,
+    profiled,
+    streamlib_receive,
+    streamlib_send,
+)
 
 LINGER_MS = 5
 BATCH_SIZE = 65536
@@ -37,24 +43,6 @@ HEADERS = [
     ("contentType", b"application/json"),
     ("spring_json_header_types", b'{"contentType":"java.lang.String"}'),
 ]
-
-
-class Payload(BaseModel):
-    id: int
-    customer: str
-    amount: float
-    currency: str
-    note: str
-
-
-def payload(n: int) -> Payload:
-    return Payload(
-        id=n,
-        customer=f"customer-{n % 1000:06d}",
-        amount=n * 1.25,
-        currency="EUR",
-        note="x" * 120,
-    )
 
 
 def producer_settings() -> dict[str, Any]:
@@ -109,16 +97,7 @@ async def produce_raw(bootstrap: str, topic: str, items: list[Payload]) -> float
 
 
 async def produce_streamlib(bootstrap: str, topic: str, items: list[Payload]) -> float:
-    app = StreamApp("bench", config=streamlib_config(bootstrap))
-    async with app.run():
-        output = await app.output(topic)
-        await (await output.send(items[0]))
-        start = time.perf_counter()
-        send = output.send
-        confirmations = [await send(item) for item in items]
-        for confirmation in confirmations:
-            await confirmation
-        return time.perf_counter() - start
+    return await streamlib_send(streamlib_config(bootstrap), topic, items)
 
 
 async def produce_faststream(bootstrap: str, topic: str, items: list[Payload]) -> float:
@@ -138,28 +117,6 @@ async def produce_faststream(bootstrap: str, topic: str, items: list[Payload]) -
 
 
 # -- consume ---------------------------------------------------------------------------------
-
-
-class Clock:
-    """First and last handled message times; ``done`` once ``count`` were handled."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.seen = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.done = asyncio.Event()
-
-    def tick(self) -> None:
-        self.seen += 1
-        if self.seen == 1:
-            self.first = time.perf_counter()
-        if self.seen == self.count:
-            self.last = time.perf_counter()
-            self.done.set()
-
-    def elapsed(self) -> float:
-        return self.last - self.first
 
 
 async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
@@ -188,18 +145,8 @@ async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
 
 
 async def consume_streamlib(bootstrap: str, topic: str, count: int) -> float:
-    clock = Clock(count)
     bindings = {"take-in-0": {"destination": topic, "group": f"sl-{uuid.uuid4().hex[:8]}"}}
-    app = StreamApp("bench", config=streamlib_config(bootstrap, bindings))
-    tick = clock.tick
-
-    @app.sink
-    async def take(item: Payload) -> None:
-        tick()
-
-    async with app.run():
-        await clock.done.wait()
-    return clock.elapsed()
+    return await streamlib_receive(streamlib_config(bootstrap, bindings), count)
 
 
 async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
@@ -212,12 +159,7 @@ async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
     async def take(item: Payload) -> None:
         clock.tick()
 
-    await broker.start()
-    try:
-        await clock.done.wait()
-    finally:
-        await broker.stop()
-    return clock.elapsed()
+    return await faststream_receive(broker, clock)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -273,34 +215,19 @@ def report(rates: dict[str, list[float]]) -> None:
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, values in rates.items():
         print(f"{name:<24} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
-    for kind in ("produce", "consume"):
-        ours = medians.get(f"{kind} streamlib")
-        raw = medians.get(f"{kind} raw aiokafka")
-        fast = medians.get(f"{kind} faststream")
-        if ours and raw:
-            print(f"{kind} streamlib / raw aiokafka: {ours / raw:.2f}x")
-        if ours and fast:
-            print(f"{kind} streamlib / faststream:   {ours / fast:.2f}x")
+    print_ratios(medians, ("produce", "consume"), "raw aiokafka")
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench kafka")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--warmup", type=int, default=5_000)
+    parser = arguments("python -m bench kafka")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
     )
-    parser.add_argument("--profile", action="store_true", help="profile streamlib's runs")
     args = parser.parse_args(argv)
     print(f"Kafka at {args.bootstrap}: {args.messages} messages of ~200 bytes")
     if args.profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        rates = asyncio.run(run(args.bootstrap, args.messages, args.warmup, 1, "streamlib"))
-        profiler.disable()
-        report(rates)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        profiled(run(args.bootstrap, args.messages, args.warmup, 1, "streamlib"), report)
         return 0
     report(asyncio.run(run(args.bootstrap, args.messages, args.warmup, args.rounds, None)))
     return 0

@@ -13,11 +13,8 @@ handled. Latency: one message at a time, published by plain aio-pika, send to ha
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import cProfile
 import os
-import pstats
 import statistics
 import time
 import uuid
@@ -26,31 +23,23 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from pydantic import BaseModel
 
-from streamlib import StreamApp
+from bench.common import (
+    Clock,
+    Handler,
+    Payload,
+    arguments,
+    faststream_receive,
+    payload,
+    print_ratios,
+    profiled,
+    streamlib_receive,
+    streamlib_send,
+)
 
 PREFETCH = 250
 WINDOW = 5_000
 """Publishes in flight at once for the gather-based contenders."""
-
-
-class Payload(BaseModel):
-    id: int
-    customer: str
-    amount: float
-    currency: str
-    note: str
-
-
-def payload(n: int, amount: float | None = None) -> Payload:
-    return Payload(
-        id=n,
-        customer=f"customer-{n % 1000:06d}",
-        amount=n * 1.25 if amount is None else amount,
-        currency="EUR",
-        note="x" * 120,
-    )
 
 
 def streamlib_config(url: str, bindings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -112,16 +101,7 @@ async def publish_raw(url: str, dest: str, items: list[Payload]) -> float:
 
 
 async def publish_streamlib(url: str, dest: str, items: list[Payload]) -> float:
-    app = StreamApp("bench", config=streamlib_config(url))
-    async with app.run():
-        output = await app.output(dest)
-        await (await output.send(items[0]))
-        start = time.perf_counter()
-        send = output.send
-        confirmations = [await send(item) for item in items]
-        for confirmation in confirmations:
-            await confirmation
-        return time.perf_counter() - start
+    return await streamlib_send(streamlib_config(url), dest, items)
 
 
 async def publish_faststream(url: str, dest: str, items: list[Payload]) -> float:
@@ -149,31 +129,6 @@ async def publish_faststream(url: str, dest: str, items: list[Payload]) -> float
 # -- consume ---------------------------------------------------------------------------------
 
 
-class Clock:
-    """First and last handled message times; ``done`` once ``count`` were handled."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.seen = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.done = asyncio.Event()
-
-    def tick(self) -> None:
-        self.seen += 1
-        if self.seen == 1:
-            self.first = time.perf_counter()
-        if self.seen == self.count:
-            self.last = time.perf_counter()
-            self.done.set()
-
-    def elapsed(self) -> float:
-        return self.last - self.first
-
-
-Handler = Callable[[Payload], None]
-
-
 async def consume_raw(url: str, dest: str, group: str, count: int, on: Handler) -> float:
     clock = Clock(count)
     connection = await aio_pika.connect(url)
@@ -196,21 +151,10 @@ async def consume_raw(url: str, dest: str, group: str, count: int, on: Handler) 
 
 
 async def consume_streamlib(url: str, dest: str, group: str, count: int, on: Handler) -> float:
-    clock = Clock(count)
     bindings = {
         "take-in-0": {"destination": dest, "group": group, "consumer": {"prefetch": PREFETCH}}
     }
-    app = StreamApp("bench", config=streamlib_config(url, bindings))
-    tick = clock.tick
-
-    @app.sink
-    async def take(item: Payload) -> None:
-        on(item)
-        tick()
-
-    async with app.run():
-        await clock.done.wait()
-    return clock.elapsed()
+    return await streamlib_receive(streamlib_config(url, bindings), count, on)
 
 
 async def consume_faststream(url: str, dest: str, group: str, count: int, on: Handler) -> float:
@@ -226,12 +170,7 @@ async def consume_faststream(url: str, dest: str, group: str, count: int, on: Ha
         on(item)
         clock.tick()
 
-    await broker.start()
-    try:
-        await clock.done.wait()
-    finally:
-        await broker.stop()
-    return clock.elapsed()
+    return await faststream_receive(broker, clock)
 
 
 def ignore(item: Payload) -> None:
@@ -320,14 +259,7 @@ def report(results: dict[str, float]) -> None:
         unit = "ms" if name.startswith("latency") else "msgs/s"
         shown = f"{value:>10.3f}" if unit == "ms" else f"{value:>10,.0f}"
         print(f"{name.removesuffix(' ms'):<32} {shown} {unit}")
-    for kind in ("publish", "consume"):
-        ours = results.get(f"{kind} streamlib")
-        raw = results.get(f"{kind} raw aio-pika")
-        fast = results.get(f"{kind} faststream")
-        if ours and raw:
-            print(f"{kind} streamlib / raw aio-pika: {ours / raw:.2f}x")
-        if ours and fast:
-            print(f"{kind} streamlib / faststream:   {ours / fast:.2f}x")
+    print_ratios(results, ("publish", "consume"), "raw aio-pika")
     ours_p99 = results.get("latency streamlib p99 ms")
     raw_p99 = results.get("latency raw aio-pika p99 ms")
     if ours_p99 is not None and raw_p99 is not None:
@@ -335,24 +267,16 @@ def report(results: dict[str, float]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench rabbit")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--warmup", type=int, default=5_000)
+    parser = arguments("python -m bench rabbit")
     parser.add_argument("--latency", type=int, default=1_000, help="latency samples")
     parser.add_argument(
         "--url",
         default=os.environ.get("STREAMLIB_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672/"),
     )
-    parser.add_argument("--profile", action="store_true", help="profile streamlib's runs")
     args = parser.parse_args(argv)
     print(f"RabbitMQ: {args.messages} messages of ~200 bytes")
     if args.profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        results = asyncio.run(run(args.url, args.messages, args.warmup, args.latency, "streamlib"))
-        profiler.disable()
-        report(results)
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        profiled(run(args.url, args.messages, args.warmup, args.latency, "streamlib"), report)
         return 0
     report(asyncio.run(run(args.url, args.messages, args.warmup, args.latency, None)))
     return 0
