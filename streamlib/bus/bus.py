@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +35,8 @@ from .events import (
 from .matching import matches, normalize_destination, service_id
 from .settings import BusSettings
 from .signing import SIGNATURE_HEADER, sign, verify
+
+SENT_REMEMBERED = 1024
 
 log = logging.getLogger("streamlib.bus")
 
@@ -89,6 +92,10 @@ class Bus:
         self._settings: tuple[StreamConfig, BusSettings] | None = None
         self._waiting: dict[str, _AckCollector] = {}
         self._listeners: dict[type[RemoteApplicationEvent], list[EventListener[Any]]] = {}
+        # Ids of events this node sent: one with our origin but not in here means another
+        # node uses the same bus id.
+        self._sent: deque[str] = deque(maxlen=SENT_REMEMBERED)
+        self._collision_reported = False
 
         async def receive(message: Message[bytes]) -> None:
             await self._receive(message)
@@ -198,6 +205,7 @@ class Bus:
         return BusReply(event, tuple(collector.acks.values()))
 
     async def _send(self, event: RemoteApplicationEvent) -> None:
+        self._sent.append(event.id)
         body = event.to_json()
         key = self.settings.signing_key
         headers = {SIGNATURE_HEADER: sign(key, body)} if key is not None else None
@@ -226,6 +234,7 @@ class Bus:
             return
         if event is None:
             return
+        self._check_collision(event)
         if isinstance(event, AckRemoteApplicationEvent):
             collector = self._waiting.get(event.ack_id)
             if collector is not None:
@@ -249,6 +258,20 @@ class Bus:
             await self._send(ack)
         except Exception:
             log.exception("bus: could not ack event %s", event.id)
+
+    def _check_collision(self, event: RemoteApplicationEvent) -> None:
+        if (
+            not self._collision_reported
+            and event.origin_service == self.id
+            and event.id not in self._sent
+        ):
+            self._collision_reported = True
+            log.warning(
+                "bus: another node uses this node's id %s (event %s); give each instance its "
+                "own bus.id, or leave bus.id unset for a unique one",
+                event.origin_service,
+                event.id,
+            )
 
     async def _handle(self, event: RemoteApplicationEvent) -> bool:
         """Act on an event addressed here; False (logged) when that failed, so no ack."""

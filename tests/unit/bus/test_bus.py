@@ -312,3 +312,18 @@ async def test_publishing_needs_a_running_app(tmp_path: Path) -> None:
 async def test_a_disabled_bus_does_not_listen(estate: Estate) -> None:
     node = await estate.node("billing", bus={"enabled": False})
     assert not node.app.binding("springCloudBus-in-0").is_running
+
+
+async def test_two_nodes_with_one_bus_id_are_reported(
+    estate: Estate, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await estate.node("billing", 0, 2, bus={"id": "billing:shared"})
+    second = await estate.node("billing", 1, 2, bus={"id": "billing:shared"})
+    unique = await estate.node("audit")
+    await first.bus.refresh("audit", wait=5, expect=1)
+    await handled_everything_before(unique, second)
+    # Each of the two sees an event of the other (the refresh, the ack of the ping) once.
+    warnings = [r.getMessage() for r in caplog.records if "uses this node's id" in r.getMessage()]
+    assert len(warnings) == 2
+    assert all("billing:shared" in w for w in warnings)
+    assert not any(unique.bus.id in w for w in warnings)
