@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from streamlib.config import redact_url
+
 KAFKA_ENV = "STREAMLIB_TEST_KAFKA"
 RABBIT_ENV = "STREAMLIB_TEST_RABBIT"
 RABBIT_NODE_ENV = "STREAMLIB_TEST_RABBIT_NODE"
@@ -280,7 +282,7 @@ def require_rabbit(url: str) -> None:
     default_port = 5671 if parts.scheme == "amqps" else 5672
     host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     if not _tcp_answers(host, port):
-        safe = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+        safe = redact_url(url)
         pytest.fail(
             f"RabbitMQ at {safe} does not answer (TCP connect failed within "
             f"{CONNECT_TIMEOUT:.0f} s)." + _dead_broker_hint("rabbit", url),

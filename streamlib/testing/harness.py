@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 from ..messages import Envelope
+from .brokers import unique_name
 
 
 class BinderHarness(ABC):
@@ -36,7 +36,7 @@ class BinderHarness(ABC):
 
     def unique(self, prefix: str) -> str:
         """A destination or group name no other test uses."""
-        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+        return unique_name(prefix)
 
     async def aclose(self) -> None:
         """Release whatever the harness holds (connections used to read DLQs)."""
