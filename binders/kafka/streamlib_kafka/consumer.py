@@ -123,6 +123,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._binding._assigned(assigned)
 
 
+def envelope_of(record: Any) -> Envelope:
+    """The streamlib envelope of a consumed record (a null value reads as an empty body)."""
+    value = record.value
+    return Envelope(
+        value if value is not None else b"",
+        decode_headers(record.headers),
+        record.key,
+        record.topic,
+        record.partition,
+        record.offset,
+        record.timestamp / 1000.0,
+        RecordExtras(record),
+    )
+
+
 def _dlq_headers(record: Any, failure: Failure) -> list[tuple[str, bytes]]:
     headers = list(record.headers or ())
     headers += [
@@ -421,19 +436,7 @@ class KafkaBinding:
                     if state.revoked or generation != state.generation:
                         break
                     worker.current = state
-                    value = record.value
-                    outcome = await dispatch(
-                        Envelope(
-                            value if value is not None else b"",
-                            decode_headers(record.headers),
-                            record.key,
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            record.timestamp / 1000.0,
-                            RecordExtras(record),
-                        )
-                    )
+                    outcome = await dispatch(envelope_of(record))
                     if outcome is not ACK:
                         await self._settle(state, record, outcome)
                     elif state.pending:
@@ -488,19 +491,7 @@ class KafkaBinding:
                 if self._paused or state.revoked or generation != state.generation:
                     break
                 record = records[index]
-                value = record.value
-                outcome = await dispatch(
-                    Envelope(
-                        value if value is not None else b"",
-                        decode_headers(record.headers),
-                        record.key,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.timestamp / 1000.0,
-                        RecordExtras(record),
-                    )
-                )
+                outcome = await dispatch(envelope_of(record))
                 # Sends inside the transaction are confirmed by its commit.
                 if outcome.pending is not None and not isinstance(outcome.pending, Confirmation):
                     await outcome.pending
