@@ -129,25 +129,9 @@ class Estate:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("kafka", marks=pytest.mark.kafka),
-        pytest.param("rabbit", marks=pytest.mark.rabbit),
-    ]
-)
-def bus_harness(request: pytest.FixtureRequest) -> BinderHarness:
-    harness: BinderHarness = request.getfixturevalue(f"{request.param}_harness")
-    return harness
-
-
-@pytest.fixture
-async def estate(bus_harness: BinderHarness, tmp_path: Path) -> AsyncIterator[Estate]:
-    destination = bus_harness.unique("springCloudBus")
-    estate = Estate(tmp_path, bus_harness.binder_config(), destination)
+async def estate(broker_harness: BinderHarness, tmp_path: Path) -> AsyncIterator[Estate]:
+    destination = broker_harness.unique("springCloudBus")
+    estate = Estate(tmp_path, broker_harness.binder_config(), destination)
     try:
         yield estate
     finally:
@@ -235,9 +219,9 @@ async def test_signed_events_cross_the_broker_and_forged_ones_are_rejected(
     assert "k-billing-7f3" not in log and "k-forged-2c9" not in log
 
 
-async def test_bus_events_cross_the_broker_as_spring_json(bus_harness: BinderHarness) -> None:
-    destination = bus_harness.unique("springCloudBus")
-    config = deep_merge(bus_harness.binder_config(), {"bus": {"destination": destination}})
+async def test_bus_events_cross_the_broker_as_spring_json(broker_harness: BinderHarness) -> None:
+    destination = broker_harness.unique("springCloudBus")
+    config = deep_merge(broker_harness.binder_config(), {"bus": {"destination": destination}})
     node = StreamApp("billing", config=config)
     bus = Bus(node)
     wire = StreamApp(
@@ -250,8 +234,8 @@ async def test_bus_events_cross_the_broker_as_spring_json(bus_harness: BinderHar
         seen.append(msg)
 
     async with wire.run(), node.run():
-        reply = await bus.refresh(wait=bus_harness.timeout, expect=1)
-        with anyio.fail_after(bus_harness.timeout):
+        reply = await bus.refresh(wait=broker_harness.timeout, expect=1)
+        with anyio.fail_after(broker_harness.timeout):
             while len(seen) < 2:
                 await anyio.sleep(0.05)
 

@@ -11,11 +11,6 @@ Config = Callable[..., dict[str, Any]]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def kafka_config(kafka_bootstrap: str) -> Config:
     """``kafka_config(bindings, **top)``: an app config on the test broker."""
 

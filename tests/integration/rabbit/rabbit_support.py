@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from streamlib import StreamApp
+from streamlib.errors import BrokerError
 from streamlib.testing.brokers import rabbitmqctl
 
 
@@ -68,3 +69,36 @@ def close_connections(name_prefix: str) -> int:
             rabbitmqctl("close_connection", pid, "closed by a streamlib test")
             closed += 1
     return closed
+
+
+class ConfirmTally:
+    """Publishes numbered messages and sorts them by the broker's answer: ``confirmed`` or
+    ``failed`` (refused or not confirmed, e.g. while the connection was down)."""
+
+    def __init__(self, app: StreamApp, destination: str, make: Callable[[int], Any]) -> None:
+        self.app = app
+        self.destination = destination
+        self.make = make
+        self.confirmed: set[int] = set()
+        self.failed: list[int] = []
+
+    async def publish(self, seqs: Iterable[int]) -> None:
+        output = await self.app.output(self.destination)
+        pending: list[tuple[int, Awaitable[None]]] = []
+        for seq in seqs:
+            try:
+                pending.append((seq, await output.send(self.make(seq))))
+            except BrokerError:
+                self.failed.append(seq)
+        for seq, confirm in pending:
+            try:
+                await confirm
+                self.confirmed.add(seq)
+            except BrokerError:
+                self.failed.append(seq)
+
+    async def resend_failed(self) -> None:
+        """Send what was not confirmed again, until all is: at-least-once."""
+        while self.failed:
+            retry, self.failed = self.failed, []
+            await self.publish(retry)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from rabbit_support import close_connections
+from rabbit_support import ConfirmTally, close_connections
 
 from streamlib import StreamApp
-from streamlib.errors import BrokerError
 from streamlib.testing import Collector
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbit]
@@ -51,35 +50,18 @@ async def test_dropped_connections_recover_and_lose_nothing_confirmed(
     async def take(item: Item) -> None:
         got.add(item.seq)
 
-    confirmed: set[int] = set()
-    failed: list[int] = []
-
-    async def publish(seqs: Iterable[int]) -> None:
-        output = await app.output(dest)
-        pending: list[tuple[int, Awaitable[None]]] = []
-        for seq in seqs:
-            try:
-                pending.append((seq, await output.send(Item(seq=seq))))
-            except BrokerError:
-                failed.append(seq)
-        for seq, confirm in pending:
-            try:
-                await confirm
-                confirmed.add(seq)
-            except BrokerError:
-                failed.append(seq)
+    tally = ConfirmTally(app, dest, lambda seq: Item(seq=seq))
+    publish = tally.publish
 
     async with app.run():
         for start in range(0, 3000, 100):
             await publish(range(start, start + 100))
             if start in (1000, 2000):
                 assert await asyncio.to_thread(close_connections, name) == 2
-        while failed:
-            retry, failed[:] = list(failed), []
-            await publish(retry)
-        assert confirmed == set(range(3000))
+        await tally.resend_failed()
+        assert tally.confirmed == set(range(3000))
         deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while set(got.items) != confirmed and asyncio.get_running_loop().time() < deadline:
+        while set(got.items) != tally.confirmed and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        assert set(got.items) == confirmed
+        assert set(got.items) == tally.confirmed
         assert app.health()["binders"]["rabbit"]["status"] == "up"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 
 import pytest
 from pydantic import BaseModel
-from rabbit_support import rabbit_app
+from rabbit_support import ConfirmTally, rabbit_app
 
-from streamlib.errors import BrokerError
 from streamlib.testing import Collector
 from streamlib.testing.brokers import broker_ctl
 
@@ -38,24 +37,9 @@ async def test_restart_mid_stream_loses_no_confirmed_message(
         got.add(item.seq)
 
     producer = rabbit_app(rabbit_url, "producer", {})
-    confirmed: set[int] = set()
-    failed: list[int] = []
+    tally = ConfirmTally(producer, dest, lambda seq: Item(seq=seq))
+    publish = tally.publish
     health: list[str] = []
-
-    async def publish(seqs: Iterable[int]) -> None:
-        output = await producer.output(dest)
-        pending: list[tuple[int, Awaitable[None]]] = []
-        for seq in seqs:
-            try:
-                pending.append((seq, await output.send(Item(seq=seq))))
-            except BrokerError:
-                failed.append(seq)
-        for seq, confirm in pending:
-            try:
-                await confirm
-                confirmed.add(seq)
-            except BrokerError:
-                failed.append(seq)
 
     async def watch_health() -> None:
         while True:
@@ -76,15 +60,13 @@ async def test_restart_mid_stream_loses_no_confirmed_message(
                 restart.result()
                 restarted_at = seq
             await asyncio.sleep(0.02)
-        while failed:  # what was not confirmed is sent again: at-least-once
-            retry, failed[:] = list(failed), []
-            await publish(retry)
+        await tally.resend_failed()
         total = seq
-        assert confirmed == set(range(total))
+        assert tally.confirmed == set(range(total))
         deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while set(got.items) != confirmed and asyncio.get_running_loop().time() < deadline:
+        while set(got.items) != tally.confirmed and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
-        lost = confirmed - set(got.items)
+        lost = tally.confirmed - set(got.items)
         assert not lost, f"{len(lost)} confirmed messages lost"
         before = len(got)
         await producer.send(dest, Item(seq=-1))

@@ -15,11 +15,11 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_happy_path_and_compensation_at_the_third_step(
-    harness: BinderHarness, tmp_path: Path
+    broker_harness: BinderHarness, tmp_path: Path
 ) -> None:
     system = build_system(
-        harness.binder_config(),
-        harness.unique,
+        broker_harness.binder_config(),
+        broker_harness.unique,
         orders_store=SqliteSagaStore(tmp_path / "orders.db"),
         payments_store=SqliteSagaStore(tmp_path / "payments.db"),
         inventory_store=SqliteSagaStore(tmp_path / "inventory.db"),

@@ -104,13 +104,13 @@ async def wait_final(store: SqliteSagaStore, ids: list[str], timeout: float) -> 
 
 
 async def test_killed_orchestrator_finishes_every_saga_exactly_once(
-    harness: BinderHarness, tmp_path: Path
+    broker_harness: BinderHarness, tmp_path: Path
 ) -> None:
     rng = random.Random()
-    config = dict(harness.binder_config())
+    config = dict(broker_harness.binder_config())
     system = build_system(
         config,
-        harness.unique,
+        broker_harness.unique,
         payments_store=SqliteSagaStore(tmp_path / "payments.db"),
         inventory_store=SqliteSagaStore(tmp_path / "inventory.db"),
         stock=1_000,
@@ -120,7 +120,7 @@ async def test_killed_orchestrator_finishes_every_saga_exactly_once(
     config["bindings"] = {names["requests"]: {"producer": {"required-groups": ["orders"]}}}
     config["saga"] = {"events-destination": names["events"]}
     orders_config = dict(config)
-    if harness.name == "kafka":
+    if broker_harness.name == "kafka":
         # Static partition assignment: a restarted process need not wait for the killed
         # member's session to expire before it gets its partitions back.
         orders_config["default"] = {"consumer": {"auto-rebalance": False}}
@@ -193,7 +193,7 @@ async def test_killed_orchestrator_finishes_every_saga_exactly_once(
     work = payments + inventory
     repeated = {k: n for k, n in work.items() if n > 1}
     print(
-        f"\ncrash trial on {harness.name}: {len(ids)} sagas, {orders.kills} kills "
+        f"\ncrash trial on {broker_harness.name}: {len(ids)} sagas, {orders.kills} kills "
         f"(the last within {window * 1000:.0f} ms of its saga's start), "
         f"{dict(states)}, {resumed} resumed ({resumed_compensating} while compensating), "
         f"{killed_after_end} killed after they ended, "
