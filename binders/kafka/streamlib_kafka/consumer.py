@@ -23,9 +23,6 @@ from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untype
 from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untyped]
     RangePartitionAssignor,
 )
-from aiokafka.coordinator.assignors.roundrobin import (  # type: ignore[import-untyped]
-    RoundRobinPartitionAssignor,
-)
 
 from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
 from streamlib.errors import BindingError
@@ -231,9 +228,10 @@ class KafkaBinding:
             isolation_level="read_committed" if ext.transactional else "read_uncommitted",
             session_timeout_ms=self._defaults.session_timeout_ms,
             heartbeat_interval_ms=self._defaults.heartbeat_interval_ms,
-            # Java clients offer range and cooperative-sticky but not roundrobin: range first
-            # lets a Python member join a Spring group; roundrobin keeps older groups working.
-            partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+            # Range is the strategy Java clients share with aiokafka, so a Python member can
+            # join a Spring group. Only one: aiokafka 0.14 sends one JoinGroup per listed
+            # assignor on every rejoin, and two members doing that can rebalance forever.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         await start_client(consumer, f"starting the consumer of {self._topic!r}")
         self._consumer = consumer
