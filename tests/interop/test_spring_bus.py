@@ -12,7 +12,9 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,14 +87,44 @@ def java_bus_node(spring: Spring, dest: str, tmp_path: Path, greeting: str) -> t
     return app, port
 
 
-async def java_listening(java: JavaApp, broker: Broker) -> None:
-    """Ready, and on Kafka assigned its bus partition (an anonymous group starts at latest)."""
+PROBE = "probe:0:"
+
+
+async def java_listening(java: JavaApp, broker: Broker, dest: str) -> None:
+    """Ready, and on Kafka positioned on its bus partition.
+
+    An anonymous Kafka group starts at "latest", fixed on its first fetch after the
+    assignment, so a probe ack is sent until Java logs one: then nothing later is skipped.
+    """
     await java.wait_ready()
-    if broker.name == "kafka":
-        await java.wait_for(
-            lambda rs: any(r["event"] == "assigned" and r["partitions"] for r in rs),
-            "assignment of the bus partition",
-        )
+    if broker.name != "kafka":
+        return
+    await java.wait_for(
+        lambda rs: any(r["event"] == "assigned" and r["partitions"] for r in rs),
+        "assignment of the bus partition",
+    )
+    probe = StreamApp("probe", config={"binders": {"kafka": broker.binder}})
+    async with probe.run():
+        with anyio.fail_after(60):
+            while True:
+                origin = f"{PROBE}{uuid.uuid4().hex}"
+                await probe.send(
+                    dest,
+                    {
+                        "type": ACK,
+                        "ackDestinationService": "**",
+                        "ackId": str(uuid.uuid4()),
+                        "destinationService": "**",
+                        "event": "org.springframework.cloud.bus.event.AckRemoteApplicationEvent",
+                        "id": str(uuid.uuid4()),
+                        "originService": origin,
+                        "timestamp": int(time.time() * 1000),
+                    },
+                )
+                for _ in range(20):
+                    if any(a["originService"] == origin for a in java.records("bus")):
+                        return
+                    await anyio.sleep(0.1)
 
 
 class BusTap:
@@ -145,7 +177,12 @@ def greetings(java: JavaApp) -> list[str]:
 
 
 def bus_events(java: JavaApp, type_: str) -> list[dict[str, Any]]:
-    return [r for r in java.records("bus") if r["type"] == type_]
+    """The bus events Java logged, without the readiness probes."""
+    return [
+        r
+        for r in java.records("bus")
+        if r["type"] == type_ and not r["originService"].startswith(PROBE)
+    ]
 
 
 async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_acks(
@@ -153,7 +190,7 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
 ) -> None:
     dest = unique("interop-bus")
     java, port = java_bus_node(spring, dest, tmp_path, "hello")
-    await java_listening(java, broker)
+    await java_listening(java, broker, dest)
     nodes = [PyNode(broker, dest, index, tmp_path) for index in (0, 1)]
     tap = BusTap(broker, dest)
     await tap.start()
@@ -229,7 +266,7 @@ async def test_streamlib_bus_cli_reaches_a_java_node(
 ) -> None:
     dest = unique("interop-bus")
     java, _ = java_bus_node(spring, dest, tmp_path, "hello")
-    await java_listening(java, broker)
+    await java_listening(java, broker, dest)
     assert greetings(java) == ["hello"]
     tap = BusTap(broker, dest)
     await tap.start()
