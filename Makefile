@@ -4,6 +4,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := streamlib binders/kafka/streamlib_kafka binders/rabbit/streamlib_rabbit
 
+# Quarantined tests fail intermittently for a reason not yet found; run them with
+# `make test PYTEST_ARGS="-m quarantine"`.
+PYTEST_ARGS ?= -m "not quarantine"
+
 .PHONY: install demo lint typecheck test test-unit brokers brokers-down bench clean
 
 $(STAMP): pyproject.toml binders/kafka/pyproject.toml binders/rabbit/pyproject.toml
