@@ -210,6 +210,7 @@ class Bus:
         key = self.settings.signing_key
         headers = {SIGNATURE_HEADER: sign(key, body)} if key is not None else None
         await self.app.send(OUTPUT_BINDING, body, headers=headers)
+        log.debug("bus %s: sent %s %s", event.origin_service, event.event_type, event.id)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -234,6 +235,13 @@ class Bus:
             return
         if event is None:
             return
+        log.debug(
+            "bus: received %s %s from %s to %r",
+            event.event_type,
+            event.id,
+            event.origin_service,
+            event.destination_service,
+        )
         self._check_collision(event)
         if isinstance(event, AckRemoteApplicationEvent):
             collector = self._waiting.get(event.ack_id)

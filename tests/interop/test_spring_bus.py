@@ -8,6 +8,7 @@ must do the same on the Java node and collect its ack.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -164,6 +165,23 @@ class BusTap:
         return [orjson.loads(body) for body in bodies]
 
 
+async def wait_or_explain(
+    condition: Callable[[], bool], what: str, tap: BusTap, java: JavaApp
+) -> None:
+    """``wait_until``; on timeout, fail with what the broker carried and what Java logged."""
+    try:
+        await wait_until(condition, what)
+    except pytest.fail.Exception:
+        wire = [
+            (e["type"], e["originService"], e.get("ackId"), e["id"]) for e in await tap.events()
+        ]
+        logged = [(r["type"], r["originService"], r.get("ackId")) for r in java.records("bus")]
+        pytest.fail(
+            f"timed out waiting for {what}\non the wire: {wire}\nJava logged: {logged}\n"
+            f"--- Java log ---\n{java.log_tail()}"
+        )
+
+
 def anonymous_queues(dest: str) -> list[dict[str, Any]]:
     """Name, flags and arguments of the anonymous queues on ``dest`` (RabbitMQ)."""
     columns = ("name", "durable", "auto_delete", "exclusive", "arguments")
@@ -190,8 +208,13 @@ def bus_events(java: JavaApp, type_: str) -> list[dict[str, Any]]:
 # run alone). Run with `pytest -m quarantine`.
 @pytest.mark.quarantine
 async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_acks(
-    broker: Broker, spring: Spring, unique: Callable[[str], str], tmp_path: Path
+    broker: Broker,
+    spring: Spring,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, "streamlib.bus")
     dest = unique("interop-bus")
     java, port = java_bus_node(spring, dest, tmp_path, "hello")
     await java_listening(java, broker, dest)
@@ -213,7 +236,7 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
         def acked_by() -> set[str]:
             return {a["originService"] for a in bus_events(java, ACK)}
 
-        await wait_until(lambda: ids <= acked_by(), "acks of both streamlib nodes at Java")
+        await wait_or_explain(lambda: ids <= acked_by(), "acks of both nodes at Java", tap, java)
 
         # busenv: an EnvironmentChangeRemoteApplicationEvent setting a streamlib key.
         request = urllib.request.Request(
@@ -232,7 +255,7 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
             acks = bus_events(java, ACK)
             return {a["originService"] for a in acks if a["ackedEvent"].endswith(ENV)}
 
-        await wait_until(lambda: ids <= env_acked_by(), "env-change acks at Java")
+        await wait_or_explain(lambda: ids <= env_acked_by(), "env-change acks at Java", tap, java)
         if broker.name == "rabbit":
             # Java's and both streamlib nodes' anonymous queues look alike.
             queues = await anyio.to_thread.run_sync(anonymous_queues, dest)
