@@ -4,9 +4,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PACKAGES := streamlib binders/kafka/streamlib_kafka binders/rabbit/streamlib_rabbit
 
-# Quarantined tests fail intermittently for a reason not yet found; run them with
-# `make test PYTEST_ARGS="-m quarantine"`.
-PYTEST_ARGS ?= -m "not quarantine"
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not interop'"`.
+PYTEST_ARGS ?=
 
 .PHONY: install demo lint typecheck test test-unit brokers brokers-down bench clean
 

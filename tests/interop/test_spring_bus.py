@@ -203,10 +203,6 @@ def bus_events(java: JavaApp, type_: str) -> list[dict[str, Any]]:
     ]
 
 
-# Quarantined: in full-suite runs Java sometimes logs the ack of only one of the two
-# streamlib nodes within 60 s (seen once on Kafka and once on RabbitMQ in four runs; never when
-# run alone). Run with `pytest -m quarantine`.
-@pytest.mark.quarantine
 async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_acks(
     broker: Broker,
     spring: Spring,
