@@ -283,29 +283,27 @@ def apt_install(*packages: str) -> None:
             policy.unlink(missing_ok=True)
 
 
+def installed(command: str, package: str) -> str:
+    """The path of ``command``, installing the Debian ``package`` that provides it if needed."""
+    found = shutil.which(command)
+    if found:
+        return found
+    apt_install(package)
+    found = shutil.which(command)
+    if not found:
+        raise BrokerError(f"{command} not found after installing {package}")
+    return found
+
+
 def java_bin() -> str:
     java_home = os.environ.get("JAVA_HOME")
     if java_home and Path(java_home, "bin", "java").exists():
         return str(Path(java_home, "bin", "java"))
-    found = shutil.which("java")
-    if found:
-        return found
-    apt_install("openjdk-17-jre-headless")
-    found = shutil.which("java")
-    if not found:
-        raise BrokerError("java not found after installing openjdk-17-jre-headless")
-    return found
+    return installed("java", "openjdk-17-jre-headless")
 
 
 def mvn_bin() -> str:
-    found = shutil.which("mvn")
-    if found:
-        return found
-    apt_install("maven")
-    found = shutil.which("mvn")
-    if not found:
-        raise BrokerError("mvn not found after installing maven")
-    return found
+    return installed("mvn", "maven")
 
 
 def install_rabbit() -> None:

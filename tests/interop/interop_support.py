@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import aio_pika
 import anyio
 import orjson
 import pytest
 from pydantic import BaseModel
+from streamlib_kafka.testing import read_topic
 
 SPRING_DIR = Path(__file__).parent / "spring"
 JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
@@ -229,6 +231,54 @@ def build_spring_jar() -> Path:
         shutil.copyfile(work / "target" / "app.jar", partial)
         partial.replace(jar)
     return jar
+
+
+class WireTap:
+    """What the broker carried on a destination, read raw to compare bytes, not beliefs.
+
+    Kafka: the topic's records from its start. RabbitMQ: the messages routed to the
+    destination's exchange after ``start()``, through an exclusive queue bound with ``#``.
+    """
+
+    def __init__(self, broker: Broker, dest: str) -> None:
+        self.broker, self.dest = broker, dest
+        self._connection: Any = None
+        self._queue: Any = None
+
+    async def start(self) -> None:
+        if self.broker.name == "rabbit":
+            self._connection = await aio_pika.connect(self.broker.binder["url"])
+            channel = await self._connection.channel()
+            exchange = await channel.declare_exchange(
+                self.dest, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await self._queue.bind(exchange, "#")
+
+    async def read(self, count: int | None = None) -> list[Any]:
+        """Kafka ``ConsumerRecord``s or aio-pika messages: ``count`` of them, or (None) all
+        there are. Reading RabbitMQ's ends the tap."""
+        if self.broker.name == "kafka":
+            return await self._kafka_records(count)
+        out: list[Any] = []
+        while count is None or len(out) < count:
+            message = await self._queue.get(no_ack=True, fail=False)
+            if message is None:
+                break
+            out.append(message)
+        await self._connection.close()
+        return out
+
+    async def _kafka_records(self, count: int | None) -> list[Any]:
+        bootstrap = self.broker.binder["bootstrap-servers"]
+        if count is None:
+            return await read_topic(bootstrap, self.dest, 0, 0.0, settle=2.0)
+        return await read_topic(bootstrap, self.dest, count, RECEIVE_TIMEOUT, settle=0.0)
+
+    async def bodies(self) -> list[bytes]:
+        """The body of every record or message there is."""
+        kafka = self.broker.name == "kafka"
+        return [r.value if kafka else r.body for r in await self.read()]
 
 
 class Order(BaseModel):

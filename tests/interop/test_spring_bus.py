@@ -20,13 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import anyio
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer
-from interop_support import Broker, JavaApp, Spring, wait_until
+from interop_support import Broker, JavaApp, Spring, WireTap, wait_until
 from pydantic import BaseModel
 
 from streamlib import StreamApp
@@ -128,52 +126,20 @@ async def java_listening(java: JavaApp, broker: Broker, dest: str) -> None:
                     await anyio.sleep(0.1)
 
 
-class BusTap:
-    """Every raw bus event on ``dest``, as the broker carried it (to compare bytes, not beliefs)."""
-
-    def __init__(self, broker: Broker, dest: str) -> None:
-        self.broker, self.dest = broker, dest
-        self._queue: Any = None
-        self._connection: Any = None
-
-    async def start(self) -> None:
-        if self.broker.name == "rabbit":
-            self._connection = await aio_pika.connect(self.broker.binder["url"])
-            channel = await self._connection.channel()
-            self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await self._queue.bind(self.dest, "#")
-
-    async def events(self) -> list[dict[str, Any]]:
-        bodies: list[bytes] = []
-        if self.broker.name == "kafka":
-            consumer = AIOKafkaConsumer(
-                self.dest,
-                bootstrap_servers=self.broker.binder["bootstrap-servers"],
-                auto_offset_reset="earliest",
-                enable_auto_commit=False,
-            )
-            await consumer.start()
-            try:
-                for batch in (await consumer.getmany(timeout_ms=3000)).values():
-                    bodies += [record.value for record in batch]
-            finally:
-                await consumer.stop()
-        else:
-            while (message := await self._queue.get(no_ack=True, fail=False)) is not None:
-                bodies.append(message.body)
-            await self._connection.close()
-        return [orjson.loads(body) for body in bodies]
+async def bus_wire(tap: WireTap) -> list[dict[str, Any]]:
+    """Every bus event the broker carried, as JSON."""
+    return [orjson.loads(body) for body in await tap.bodies()]
 
 
 async def wait_or_explain(
-    condition: Callable[[], bool], what: str, tap: BusTap, java: JavaApp
+    condition: Callable[[], bool], what: str, tap: WireTap, java: JavaApp
 ) -> None:
     """``wait_until``; on timeout, fail with what the broker carried and what Java logged."""
     try:
         await wait_until(condition, what)
     except pytest.fail.Exception:
         wire = [
-            (e["type"], e["originService"], e.get("ackId"), e["id"]) for e in await tap.events()
+            (e["type"], e["originService"], e.get("ackId"), e["id"]) for e in await bus_wire(tap)
         ]
         logged = [(r["type"], r["originService"], r.get("ackId")) for r in java.records("bus")]
         pytest.fail(
@@ -215,7 +181,7 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
     java, port = java_bus_node(spring, dest, tmp_path, "hello")
     await java_listening(java, broker, dest)
     nodes = [PyNode(broker, dest, index, tmp_path) for index in (0, 1)]
-    tap = BusTap(broker, dest)
+    tap = WireTap(broker, dest)
     await tap.start()
     async with nodes[0].app.run(), nodes[1].app.run():
         for node in nodes:
@@ -273,7 +239,7 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
     await wait_until(lambda: "from-java" in greetings(java), "the Java node's own refresh")
     # Java's Bus (5.0.4, Jackson 3) reads ackId/ackDestinationService of a received ack as
     # null, its own included; so compare the acks on the wire with the one Spring wrote.
-    wire = await tap.events()
+    wire = await bus_wire(tap)
     acks = {e["originService"]: e for e in wire if e["type"] == ACK and e["event"] == refresh_class}
     spring_ack = next(e for origin, e in acks.items() if origin.startswith("javanode:"))
     for node_id in ids:
@@ -291,7 +257,7 @@ async def test_streamlib_bus_cli_reaches_a_java_node(
     java, _ = java_bus_node(spring, dest, tmp_path, "hello")
     await java_listening(java, broker, dest)
     assert greetings(java) == ["hello"]
-    tap = BusTap(broker, dest)
+    tap = WireTap(broker, dest)
     await tap.start()
     (tmp_path / "java.properties").write_text("interop.greeting=from-python\n")
     cli_config = tmp_path / "cli.yaml"
@@ -317,7 +283,7 @@ async def test_streamlib_bus_cli_reaches_a_java_node(
     ), changes
 
     # On the wire: streamlib's events in Spring's field order, Java's acks answer their ids.
-    wire = await tap.events()
+    wire = await bus_wire(tap)
     sent = {e["type"]: e for e in wire if e["originService"].startswith("streamlib-bus-cli:")}
     assert list(sent[REFRESH]) == ["type", "destinationService", "id", "originService", "timestamp"]
     assert list(sent[ENV]) == [*list(sent[REFRESH]), "values"]

@@ -14,31 +14,14 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from interop_support import RECEIVE_TIMEOUT, Broker, Order, Spring
+from streamlib_kafka.testing import partition_count, read_topic
 
 from streamlib import StreamApp
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
 ATTEMPTS = 2
-
-
-async def kafka_dead_letters(bootstrap: str, topic: str, count: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(RECEIVE_TIMEOUT):
-            while len(records) < count:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def rabbit_dead_letters(url: str, queue: str, count: int) -> list[Any]:
@@ -61,7 +44,8 @@ async def next_dead_letter(broker: Broker, dest: str, group: str, seen: int) -> 
     """The dead letter after the ``seen`` ones already read."""
     if broker.name == "kafka":
         bootstrap = broker.binder["bootstrap-servers"]
-        return (await kafka_dead_letters(bootstrap, f"error.{dest}.{group}", seen + 1))[seen]
+        letters = await read_topic(bootstrap, f"error.{dest}.{group}", seen + 1, RECEIVE_TIMEOUT, 0)
+        return letters[seen]
     # Reading a RabbitMQ queue takes the letters off it.
     [letter] = await rabbit_dead_letters(broker.binder["url"], f"{dest}.{group}.dlq", 1)
     return letter
@@ -121,19 +105,10 @@ async def test_java_and_streamlib_dead_letter_to_the_same_dlq_with_the_same_head
     assert [r["seq"] for r in java.records("attempt")] == [1] * ATTEMPTS
     if broker.name == "kafka":
         compare_kafka(spring_letter, streamlib_letter, dest)
-        assert await kafka_partition_count(broker, f"error.{dest}.{group}") == 2
+        bootstrap = broker.binder["bootstrap-servers"]
+        assert await partition_count(bootstrap, f"error.{dest}.{group}") == 2
     else:
         compare_rabbit(spring_letter, streamlib_letter)
-
-
-async def kafka_partition_count(broker: Broker, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.binder["bootstrap-servers"])
-    await admin.start()
-    try:
-        [description] = await admin.describe_topics([topic])
-        return len(description["partitions"])
-    finally:
-        await admin.close()
 
 
 def compare_kafka(spring_letter: Any, streamlib_letter: Any, dest: str) -> None:

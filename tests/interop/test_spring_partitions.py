@@ -11,11 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
-from interop_support import Broker, Order, Spring, wait_count
+from interop_support import Broker, Order, Spring, WireTap, wait_count
 from streamlib_kafka import KafkaAttr
 
 from streamlib import Message, StreamApp
@@ -30,67 +28,30 @@ INSTANCES = 2
 PARTITION_KEYS = {"by-payload": "payload.key", "by-header": "headers.pk", "by-key": "key"}
 
 
-class WireTap:
-    """The raw records/messages of a destination, to compare both producers' envelopes."""
-
-    def __init__(self, broker: Broker, dest: str) -> None:
-        self.broker, self.dest = broker, dest
-        self._connection: Any = None
-        self._queue: Any = None
-
-    async def start(self) -> None:
-        if self.broker.name == "rabbit":
-            self._connection = await aio_pika.connect(self.broker.binder["url"])
-            channel = await self._connection.channel()
-            exchange = await channel.declare_exchange(
-                self.dest, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-            self._queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await self._queue.bind(exchange, "#")
-
-    async def envelopes(self, count: int) -> list[dict[str, Any]]:
-        """One dict per record: note, key, and the envelope as the broker carried it."""
-        out: list[dict[str, Any]] = []
-        if self.broker.name == "kafka":
-            consumer = AIOKafkaConsumer(
-                self.dest,
-                bootstrap_servers=self.broker.binder["bootstrap-servers"],
-                auto_offset_reset="earliest",
-                enable_auto_commit=False,
-            )
-            await consumer.start()
-            try:
-                while len(out) < count:
-                    for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                        for r in batch:
-                            order = orjson.loads(r.value)
-                            envelope = {"partition": r.partition, "record_key": r.key}
-                            envelope["headers"] = list(r.headers)
-                            out.append({**order, "envelope": envelope})
-            finally:
-                await consumer.stop()
-            return out
-        while len(out) < count:
-            message = await self._queue.get(no_ack=True, fail=False)
-            if message is None:
-                break
-            order = orjson.loads(message.body)
+async def envelopes(tap: WireTap, count: int) -> list[dict[str, Any]]:
+    """One dict per record: note, key, and the envelope as the broker carried it."""
+    out: list[dict[str, Any]] = []
+    for r in await tap.read(count):
+        if tap.broker.name == "kafka":
+            order = orjson.loads(r.value)
+            envelope = {"partition": r.partition, "record_key": r.key, "headers": list(r.headers)}
+        else:
+            order = orjson.loads(r.body)
             envelope = {
-                "routing_key": message.routing_key,
-                "content_type": message.content_type,
-                "content_encoding": message.content_encoding,
-                "delivery_mode": message.delivery_mode,
-                "priority": message.priority,
-                "headers": message.headers or {},
-                "has_message_id": bool(message.message_id),
-                "has_timestamp": message.timestamp is not None,
-                "correlation_id": message.correlation_id,
-                "type": message.type,
-                "app_id": message.app_id,
+                "routing_key": r.routing_key,
+                "content_type": r.content_type,
+                "content_encoding": r.content_encoding,
+                "delivery_mode": r.delivery_mode,
+                "priority": r.priority,
+                "headers": r.headers or {},
+                "has_message_id": bool(r.message_id),
+                "has_timestamp": r.timestamp is not None,
+                "correlation_id": r.correlation_id,
+                "type": r.type,
+                "app_id": r.app_id,
             }
-            out.append({**order, "envelope": envelope})
-        await self._connection.close()
-        return out
+        out.append({**order, "envelope": envelope})
+    return out
 
 
 def partitioned_app(
@@ -162,11 +123,11 @@ async def test_java_partitioned_producer_reaches_the_predicted_streamlib_instanc
         await wait_count(received, seq, "records from the Java and streamlib producers")
 
     # The same key, sent by Java and by streamlib, travels in the same envelope.
-    envelopes = await tap.envelopes(seq)
-    assert len(envelopes) == seq
+    carried = await envelopes(tap, seq)
+    assert len(carried) == seq
     where = "partition" if broker.name == "kafka" else "routing_key"
     for key in KEYS:
-        by_note = {e["note"]: e["envelope"] for e in envelopes if e["key"] == key}
+        by_note = {e["note"]: e["envelope"] for e in carried if e["key"] == key}
         assert by_note["by-payload"] == by_note["java"], (key, by_note)
         assert by_note["by-header"][where] == by_note["java"][where], (key, by_note)
         assert by_note["by-key"][where] == by_note["java"][where], (key, by_note)

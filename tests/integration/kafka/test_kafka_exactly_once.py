@@ -4,10 +4,8 @@ the output (as a read_committed reader sees it); a plain one loses none."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from app_process import create_topics, ready, start_app, stop_all
 from pydantic import BaseModel
 from streamlib_kafka.testing import read_topic
 
@@ -33,17 +31,7 @@ TIMEOUT = 75.0
 def start(
     bootstrap: str, source: str, target: str, group: str, *mode: str
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(APP), bootstrap, source, target, group, *mode],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-async def ready(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdout is not None
-    line = await asyncio.to_thread(proc.stdout.readline)
-    assert line.strip() == b"ready", f"processor did not start: {line!r}"
+    return start_app(APP, bootstrap, source, target, group, *mode)
 
 
 async def written(bootstrap: str, topic: str) -> int:
@@ -67,12 +55,7 @@ async def relay_with_a_crash(
     """Fill an input topic, run the relay processor, SIGKILL it mid-stream, restart it, and
     return the output records a read_committed reader sees and all records in the log."""
     source, target, group = unique("relay-in"), unique("relay-out"), "relay"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(source, 2, 1), NewTopic(target, 2, 1)])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap, {source: 2, target: 2})
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
@@ -88,7 +71,7 @@ async def relay_with_a_crash(
 
     procs = [start(bootstrap, source, target, group, *mode)]
     try:
-        await ready(procs[0])
+        await ready(procs[0], "processor")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TIMEOUT
         while await written(bootstrap, target) < 300 and loop.time() < deadline:
@@ -96,19 +79,14 @@ async def relay_with_a_crash(
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
         procs.append(start(bootstrap, source, target, group, *mode))
-        await ready(procs[1])
+        await ready(procs[1], "processor")
         committed = await read_topic(
             bootstrap, target, MESSAGES, TIMEOUT, 1.0, isolation_level="read_committed"
         )
         procs[1].send_signal(signal.SIGTERM)
         await asyncio.to_thread(procs[1].wait, 30)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_all(procs)
     everything = await read_topic(bootstrap, target, 0, 0.0, 0.5)
     return committed, everything
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from app_process import create_topics, ready, start_app, stop_all
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
 
@@ -25,11 +23,7 @@ TIMEOUT = 75.0
 
 
 def start_instance(bootstrap: str, topic: str, group: str, out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(APP), bootstrap, topic, group, str(out)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return start_app(APP, bootstrap, topic, group, str(out))
 
 
 def handled(path: Path) -> list[tuple[int, str, int]]:
@@ -59,19 +53,12 @@ async def test_killed_member_loses_nothing_and_keeps_order_per_key(
     kafka_bootstrap: str, unique: Callable[[str], str], tmp_path: Path
 ) -> None:
     topic, group = unique("fault"), "workers"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 4, 1)])
-    finally:
-        await admin.close()
+    await create_topics(kafka_bootstrap, {topic: 4})
     files = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [start_instance(kafka_bootstrap, topic, group, f) for f in files]
     try:
         for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.to_thread(proc.stdout.readline)
-            assert line.strip() == b"ready", f"instance did not start: {line!r}"
+            await ready(proc, "instance")
         expected: dict[str, list[int]] = defaultdict(list)
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
         await producer.start()
@@ -102,12 +89,7 @@ async def test_killed_member_loses_nothing_and_keeps_order_per_key(
         procs[1].send_signal(signal.SIGTERM)
         await asyncio.to_thread(procs[1].wait, 30)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        stop_all(procs)
     events = sorted(e for f in files for e in handled(f))
     by_key: dict[str, list[int]] = defaultdict(list)
     for _, key, seq in events:
