@@ -73,10 +73,12 @@ class HandlerDispatcher:
                     )
                     await anyio.sleep(delay)
                     continue
-                return self._give_up(envelope, Failure(exc, attempt))
+                return self._give_up(_where(envelope), Failure(exc, attempt))
 
-    def _give_up(self, envelope: Envelope, failure: Failure) -> Outcome:
-        where = _where(envelope)
+    def unreadable(self, exc: BaseException, where: str) -> Outcome:
+        return self._give_up(where, Failure(exc, 1))
+
+    def _give_up(self, where: str, failure: Failure) -> Outcome:
         if self._dlq:
             log.warning(
                 "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",

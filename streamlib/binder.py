@@ -49,6 +49,12 @@ class Dispatcher(Protocol):
 
     async def __call__(self, envelope: Envelope) -> Outcome: ...
 
+    def unreadable(self, exc: BaseException, where: str) -> Outcome:
+        """The outcome of a message the binder could not turn into an ``Envelope`` (odd
+        headers, key or extras): a failure like an undecodable body, dead-lettered when the
+        binding has a DLQ, else logged with ``where`` and its reason."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
