@@ -557,6 +557,7 @@ class KafkaBinding:
         if producer is None:
             producer = await self._producer.get()
         return await send_record(
+            self._producer,
             producer,
             self._dlq_topic,
             record.value if record.value is not None else b"",
