@@ -184,19 +184,6 @@ class ProducerClient:
                 await producer.stop()
 
 
-async def send_record(
-    client: ProducerClient,
-    producer: Any,
-    topic: str,
-    body: bytes,
-    key: bytes | None,
-    partition: int | None,
-    headers: Headers,
-) -> Confirmation:
-    """Queue one record on ``producer`` through ``client``; PublishError when refused."""
-    return await client.send(producer, topic, body, key, partition, headers)
-
-
 class KafkaProducer:
     """The bound producer of one output binding: every message goes to one topic.
 

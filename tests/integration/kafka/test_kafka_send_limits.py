@@ -1,4 +1,5 @@
-"""A record the broker refuses for its size fails alone; the shared producer keeps working."""
+"""Records and dead letters fit the broker's size limits; a refused record fails alone and
+the shared producer keeps working."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
     ConfigResource,
@@ -57,6 +59,17 @@ async def send_all(app: StreamApp, sends: list[tuple[str, bytes, str]]) -> dict[
         except PublishError as exc:
             outcomes[body] = f"{type(exc).__name__}: {exc}"
     return outcomes
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    meta = offsets.get(TopicPartition(topic, 0))
+    return -1 if meta is None else int(meta.offset)
 
 
 def arrived(records: list[Any]) -> Counter[bytes]:
@@ -168,3 +181,44 @@ async def test_a_producer_whose_record_the_broker_refused_is_replaced(
     assert arrived(records) == Counter([b"before"] + [body for _, body, _ in later])
     replaced = [r.getMessage() for r in caplog.records if "replacing" in r.getMessage()]
     assert len(replaced) == 1 and "MESSAGE_SIZE_TOO_LARGE" in replaced[0]
+
+
+async def test_a_dead_letter_with_a_long_exception_is_cut_to_fit_the_dlq_topic(
+    kafka_bootstrap: str, kafka_config: Config, unique: Callable[[str], str]
+) -> None:
+    inputs = unique("in")
+    dlq_limit = 4000
+    await create_topic(
+        kafka_bootstrap, f"error.{inputs}.g", 1, {"max.message.bytes": str(dlq_limit)}
+    )
+    bindings = {
+        "take-in-0": {
+            "destination": inputs,
+            "group": "g",
+            "consumer": {"max-attempts": 1, "dlq": True},
+        }
+    }
+    app = StreamApp("limits", config=kafka_config(bindings))
+    handled: Counter[bytes] = Counter()
+
+    @app.sink
+    async def take(body: bytes) -> None:
+        handled[body] += 1
+        if body == b"2":
+            raise ValueError("too long to tell " + "why " * 20_000)
+
+    bodies = [b"%d" % n for n in range(5)]
+    async with app.run():
+        for body in bodies:
+            await app.send(inputs, body)
+        letters = await read_topic(kafka_bootstrap, f"error.{inputs}.g", 1, TIMEOUT, 0.5)
+    assert handled == Counter(bodies)
+    assert [letter.value for letter in letters] == [b"2"]
+    headers = dict(letters[0].headers)
+    assert headers["x-exception-fqcn"] == b"builtins.ValueError"
+    assert headers["x-original-topic"] == inputs.encode()
+    for name in ("x-exception-message", "x-exception-stacktrace"):
+        assert b"... [truncated " in headers[name], name
+    assert headers["x-exception-message"].startswith(b"too long to tell why why")
+    assert headers["x-exception-stacktrace"].startswith(b"Traceback (most recent call last)")
+    assert await committed(kafka_bootstrap, "g", inputs) == len(bodies)
