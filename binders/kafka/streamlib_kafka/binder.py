@@ -13,7 +13,7 @@ from streamlib.errors import ConfigError
 
 from . import naming
 from .consumer import KafkaBinding
-from .limits import SizeLimits
+from .limits import RecordLimits
 from .producer import KafkaProducer, ProducerClient
 from .provisioning import KafkaProvisioner
 from .settings import (
@@ -34,7 +34,7 @@ class KafkaBinder(BaseBinder):
         self.context = context
         self._client_kwargs = client_kwargs(self.settings, self._key)
         producer = self.settings.producer
-        limits = SizeLimits(producer.max_request_size, producer.compression_type is not None)
+        limits = RecordLimits(producer.max_request_size, producer.compression_type is not None)
         self.provisioner = KafkaProvisioner(self.settings, self._client_kwargs, self._key, limits)
         self._producer = ProducerClient(
             {**self._client_kwargs, **producer_kwargs(self.settings)}, limits

@@ -1,4 +1,4 @@
-"""Record size limits, checked before a record is sent.
+"""What the broker will refuse in a record, checked before the record is sent.
 
 The broker refuses a record batch larger than the topic's ``max.message.bytes``, and the
 producer a request larger than its ``max-request-size``. A refused batch costs more than the
@@ -6,7 +6,8 @@ record: it leaves a gap in the idempotent producer's sequence. So a record that 
 fails here, as a non-retriable ``PublishError`` of that message naming the topic, its size
 and the limit. Sizes are aiokafka's upper bound of a one-record batch, uncompressed; with
 ``compression-type`` set only ``max-request-size`` is checked here, since the broker compares
-the compressed size.
+the compressed size. A compacted topic (``cleanup.policy`` with ``compact``) refuses a record
+without a key, which the broker reports only as an unknown error; that fails here too.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int
     return size
 
 
-class SizeLimits:
+class RecordLimits:
     """The limits a record must fit: the producer's, and each known topic's."""
+
+    compacted: set[str]
+    """Topics whose cleanup.policy includes compact."""
 
     def __init__(self, max_request_size: int, compressed: bool) -> None:
         self.max_request_size = max_request_size
         self._compressed = compressed
         self._topics: dict[str, int] = {}
+        self.compacted = set()
 
     def learn(self, topic: str, max_message_bytes: int) -> None:
         """Remember ``topic``'s ``max.message.bytes`` (as described by the broker)."""
@@ -46,7 +51,13 @@ class SizeLimits:
         return self.max_request_size, "producer.max-request-size"
 
     def check(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> None:
-        """Raise a non-retriable PublishError when the record cannot fit ``topic``."""
+        """Raise a non-retriable PublishError when ``topic`` would refuse the record."""
+        if key is None and topic in self.compacted:
+            raise PublishError(
+                f"publishing to {topic!r}: the topic is compacted (cleanup.policy compact) "
+                "and refuses a record without a key",
+                retriable=False,
+            )
         limit, setting = self.limit(topic)
         size = record_size(key, value, headers)
         if size > limit:

@@ -22,11 +22,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
+from streamlib.errors import PublishError
 from streamlib.messages import Envelope
 
 from .errors import PRODUCER_FATAL, KafkaError, describe, mapped, start_client, to_streamlib
 from .headers import encode_headers
-from .limits import Headers, SizeLimits
+from .limits import Headers, RecordLimits
 from .transactions import current_transaction
 
 log = logging.getLogger("streamlib.kafka")
@@ -69,7 +70,7 @@ class ProducerClient:
     """One aiokafka producer per binder, started on first use and shared by its bindings;
     replaced when the broker left it unable to send (see the module docstring)."""
 
-    def __init__(self, kwargs: dict[str, Any], limits: SizeLimits) -> None:
+    def __init__(self, kwargs: dict[str, Any], limits: RecordLimits) -> None:
         self._kwargs = kwargs
         self.limits = limits
         self._idempotent = bool(kwargs.get("enable_idempotence"))
@@ -161,6 +162,15 @@ class ProducerClient:
         except KafkaError as exc:
             self.failed(producer, exc)
             raise to_streamlib(exc, f"publishing to {topic!r}", publish=True) from exc
+        except AssertionError:
+            # aiokafka asserts that an explicit partition is in the topic's metadata; it is
+            # not when the topic was deleted and re-created (by auto-creation) with fewer.
+            known = producer.client.cluster.partitions_for_topic(topic) or ()
+            raise PublishError(
+                f"publishing to {topic!r}: partition {partition} does not exist, the topic "
+                f"has {len(known)} partition(s); check its producer.partition-count",
+                retriable=False,
+            ) from None
         if producer is self._producer:
             future.add_done_callback(lambda f: self._delivered(producer, f))
         return Confirmation(future, topic)

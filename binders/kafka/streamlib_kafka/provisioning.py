@@ -4,7 +4,8 @@ A topic gets ``max(min-partition-count, required)`` partitions, where a producer
 ``partition-count`` and a consumer ``instance-count x concurrency``. An existing topic with
 fewer partitions is grown when ``auto-add-partitions`` is on, else start-up fails naming the
 topic and both counts. A DLQ topic gets its source topic's partition count. Each provisioned
-topic's ``max.message.bytes`` is described and kept in the binder's ``SizeLimits``.
+topic's ``max.message.bytes`` and ``cleanup.policy`` are described and kept in the binder's
+``RecordLimits``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from streamlib.errors import BindingError
 
 from . import naming
 from .errors import describe, mapped, start_client
-from .limits import SizeLimits
+from .limits import RecordLimits
 from .settings import KafkaBinderSettings
 
 log = logging.getLogger("streamlib.kafka")
@@ -44,7 +45,7 @@ class KafkaProvisioner:
         settings: KafkaBinderSettings,
         client_kwargs: dict[str, Any],
         key: str,
-        limits: SizeLimits,
+        limits: RecordLimits,
     ) -> None:
         self._settings = settings
         self._limits = limits
@@ -85,9 +86,11 @@ class KafkaProvisioner:
         return count
 
     async def _learn_limit(self, topic: str) -> None:
-        """Describe the topic's ``max.message.bytes`` (its own or the broker default)."""
+        """Describe the topic's ``max.message.bytes`` (its own or the broker default) and
+        ``cleanup.policy``."""
         admin = await self._client()
-        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+        wanted = {"max.message.bytes": None, "cleanup.policy": None}
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, wanted)
         try:
             [response] = await admin.describe_configs([resource])
             [(code, message, _, _, entries)] = response.resources
@@ -95,11 +98,14 @@ class KafkaProvisioner:
             if code:
                 raise RuntimeError(f"error {code} {message}")
             limit = int(values["max.message.bytes"])
+            compacted = "compact" in str(values.get("cleanup.policy", "")).split(",")
         except Exception as exc:
             # Without DescribeConfigs rights only max-request-size is checked before sending.
             log.warning("cannot describe max.message.bytes of topic %r: %s", topic, describe(exc))
             return
         self._limits.learn(topic, limit)
+        if compacted:
+            self._limits.compacted.add(topic)
         batch_size = self._settings.producer.batch_size
         if limit < batch_size:
             log.warning(

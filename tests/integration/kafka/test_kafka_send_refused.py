@@ -1,5 +1,6 @@
-"""Records and dead letters fit the broker's size limits; a refused record fails alone and
-the shared producer keeps working."""
+"""When the broker would refuse a record, that message fails with the reason, alone: records
+and dead letters are checked against the topic's limits, and the shared producer keeps
+working."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
 )
 from streamlib_kafka.testing import read_topic
 
-from streamlib import Message, PublishError, StreamApp
+from streamlib import BindingError, Message, PublishError, StreamApp
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -59,6 +60,15 @@ async def send_all(app: StreamApp, sends: list[tuple[str, bytes, str]]) -> dict[
         except PublishError as exc:
             outcomes[body] = f"{type(exc).__name__}: {exc}"
     return outcomes
+
+
+async def delete_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> int:
@@ -222,3 +232,65 @@ async def test_a_dead_letter_with_a_long_exception_is_cut_to_fit_the_dlq_topic(
     assert headers["x-exception-message"].startswith(b"too long to tell why why")
     assert headers["x-exception-stacktrace"].startswith(b"Traceback (most recent call last)")
     assert await committed(kafka_bootstrap, "g", inputs) == len(bodies)
+
+
+async def test_a_record_without_key_for_a_compacted_topic_fails_alone(
+    kafka_bootstrap: str, kafka_config: Config, unique: Callable[[str], str]
+) -> None:
+    compacted = unique("keyed")
+    await create_topic(kafka_bootstrap, compacted, 2, {"cleanup.policy": "compact"})
+    app = StreamApp("refused", config=kafka_config())
+    async with app.run():
+        await app.send(compacted, b"before", key="b")
+        with pytest.raises(PublishError) as refused:
+            await app.send(compacted, b"unkeyed")
+        later = [(compacted, b"app-%d" % n, KEYS[n % 2]) for n in range(6)]
+        outcomes = await send_all(app, later)
+        records = await read_topic(kafka_bootstrap, compacted, 7, TIMEOUT, 0.5)
+    assert outcomes == {body: "ok" for _, body, _ in later}
+    assert "cleanup.policy compact" in str(refused.value)
+    assert repr(compacted) in str(refused.value)
+    assert refused.value.retriable is False
+    assert arrived(records) == Counter([b"before"] + [body for _, body, _ in later])
+
+
+async def test_sends_to_a_deleted_topic_fail_or_go_to_its_re_created_partitions(
+    kafka_bootstrap: str, kafka_config: Config, unique: Callable[[str], str]
+) -> None:
+    """The test broker re-creates a deleted topic on the producer's next metadata request,
+    with its default partition count (1): partition 1 is gone, partition 0 takes records."""
+    topic = unique("deleted")
+    await create_topic(kafka_bootstrap, topic, 2)
+    bindings = {topic: {"producer": {"partition-key": "key", "partition-count": 2}}}
+    binder = {"producer": {"request-timeout-ms": 3000}}
+    app = StreamApp("refused", config=kafka_config(bindings, binder))
+    async with app.run():
+        await send_all(app, [(topic, b"before-%s" % k.encode(), k) for k in KEYS])
+        await delete_topic(kafka_bootstrap, topic)
+        outcomes = await send_all(app, [(topic, b"gone-%d" % n, "a") for n in range(3)])
+        later = [(topic, b"p0-%d" % n, "b") for n in range(3)]
+        later_outcomes = await send_all(app, later)
+        records = await read_topic(kafka_bootstrap, topic, 3, TIMEOUT, 0.5)
+    assert later_outcomes == {body: "ok" for _, body, _ in later}
+    assert arrived(records) == Counter(body for _, body, _ in later)
+    assert set(outcomes.values()) != {"ok"}
+    # Once the producer sees the new topic, the message says why it cannot be sent.
+    assert outcomes[b"gone-2"] == (
+        f"PublishError: publishing to {topic!r}: partition 1 does not exist, the topic has "
+        "1 partition(s); check its producer.partition-count"
+    )
+
+
+async def test_a_send_to_a_topic_that_may_not_be_created_fails_alone(
+    kafka_bootstrap: str, kafka_config: Config, unique: Callable[[str], str]
+) -> None:
+    topic, missing = unique("kept"), unique("missing")
+    await create_topic(kafka_bootstrap, topic, 1)
+    app = StreamApp("refused", config=kafka_config(binder={"auto-create-topics": False}))
+    async with app.run():
+        with pytest.raises(BindingError, match=f"{missing!r} does not exist.*auto-create-topics"):
+            await app.send(missing, b"lost")
+        outcomes = await send_all(app, [(topic, b"kept-%d" % n, "a") for n in range(3)])
+        records = await read_topic(kafka_bootstrap, topic, 3, TIMEOUT, 0.5)
+    assert outcomes == {b"kept-%d" % n: "ok" for n in range(3)}
+    assert arrived(records) == Counter(b"kept-%d" % n for n in range(3))
