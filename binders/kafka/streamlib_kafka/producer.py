@@ -160,7 +160,9 @@ class ProducerClient:
         try:
             future = await producer.send(topic, body, key, partition, None, headers)
         except KafkaError as exc:
-            self.failed(producer, exc)
+            # Refused before it was queued (a full buffer, no metadata): no sequence gap.
+            if isinstance(exc, PRODUCER_FATAL):
+                self.failed(producer, exc)
             raise to_streamlib(exc, f"publishing to {topic!r}", publish=True) from exc
         except AssertionError:
             # aiokafka asserts that an explicit partition is in the topic's metadata; it is
