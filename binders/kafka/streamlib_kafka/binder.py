@@ -13,6 +13,7 @@ from streamlib.errors import ConfigError
 
 from . import naming
 from .consumer import KafkaBinding
+from .limits import RecordLimits
 from .producer import KafkaProducer, ProducerClient
 from .provisioning import KafkaProvisioner
 from .settings import (
@@ -32,8 +33,12 @@ class KafkaBinder(BaseBinder):
         self.settings = validate(KafkaBinderSettings, dict(settings), self._key)
         self.context = context
         self._client_kwargs = client_kwargs(self.settings, self._key)
-        self.provisioner = KafkaProvisioner(self.settings, self._client_kwargs, self._key)
-        self._producer = ProducerClient({**self._client_kwargs, **producer_kwargs(self.settings)})
+        producer = self.settings.producer
+        limits = RecordLimits(producer.max_request_size, producer.compression_type is not None)
+        self.provisioner = KafkaProvisioner(self.settings, self._client_kwargs, self._key, limits)
+        self._producer = ProducerClient(
+            {**self._client_kwargs, **producer_kwargs(self.settings)}, limits
+        )
         self._bindings: dict[str, KafkaBinding] = {}
 
     async def bind_consumer(self, spec: ConsumerSpec, dispatch: Dispatcher) -> KafkaBinding:
@@ -85,8 +90,8 @@ class KafkaBinder(BaseBinder):
         """Provision the topic with the producer's partition count and bind a producer."""
         producer_extension(spec)
         await self.provisioner.provision_producer(spec)
-        producer = await self._producer.get()
-        return KafkaProducer(self._producer, producer, naming.topic(spec.destination))
+        await self._producer.get()
+        return KafkaProducer(self._producer, naming.topic(spec.destination))
 
     def _reachable(self) -> bool:
         clients = [getattr(self._producer.started, "client", None)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,10 +29,11 @@ from streamlib.messages import Envelope
 from streamlib.retry import Failure
 
 from . import naming
-from .attributes import RecordExtras, timestamp_type_name
+from .attributes import RecordExtras
+from .dead_letters import send_dead_letter
 from .errors import KafkaError, start_client
 from .headers import decode_headers
-from .producer import Confirmation, ProducerClient, send_record
+from .producer import Confirmation, ProducerClient
 from .settings import ConsumerDefaults, KafkaConsumerExtension
 from .transactions import Transaction, current_transaction
 
@@ -133,19 +133,6 @@ def envelope_of(record: Any) -> Envelope:
         record.timestamp / 1000.0,
         RecordExtras(record),
     )
-
-
-def _dlq_headers(record: Any, failure: Failure) -> list[tuple[str, bytes]]:
-    headers = list(record.headers or ())
-    headers += [
-        ("x-original-topic", record.topic.encode()),
-        ("x-original-partition", struct.pack(">i", record.partition)),
-        ("x-original-offset", struct.pack(">q", record.offset)),
-        ("x-original-timestamp", struct.pack(">q", record.timestamp)),
-        ("x-original-timestamp-type", timestamp_type_name(record.timestamp_type).encode()),
-    ]
-    headers += [(k, v.encode("utf-8")) for k, v in failure.dead_letter_headers().items()]
-    return headers
 
 
 class KafkaBinding:
@@ -556,14 +543,7 @@ class KafkaBinding:
         assert self._dlq_topic is not None
         if producer is None:
             producer = await self._producer.get()
-        return await send_record(
-            producer,
-            self._dlq_topic,
-            record.value if record.value is not None else b"",
-            record.key,
-            record.partition,
-            _dlq_headers(record, failure),
-        )
+        return await send_dead_letter(self._producer, producer, self._dlq_topic, record, failure)
 
     def _rewind(self, state: _Partition, offset: int, exc: BaseException) -> None:
         """A send failed: redeliver the partition from its first unconfirmed record."""

@@ -3,11 +3,16 @@
     aiokafka error                                    streamlib error
     KafkaConnectionError, NodeNotReadyError,
     KafkaUnavailableError, NoBrokersAvailable         ConnectionLostError (retriable)
-    any KafkaError while publishing                   PublishError (retriable as aiokafka says)
+    OutOfOrderSequenceNumber, UnknownProducerId,
+    InvalidProducerEpoch, ProducerFenced,
+    InvalidProducerIdMapping while publishing         PublishError (retriable: the record was
+                                                      not written, the producer is replaced)
+    any other KafkaError while publishing             PublishError (retriable as aiokafka says)
     any other KafkaError                              BrokerError (retriable as aiokafka says)
 
-Messages name the action and the topic; they never hold credentials (aiokafka's errors do
-not carry them, and bootstrap addresses hold none).
+Messages name the action, the topic and the broker's reason (its error name and text);
+they never hold credentials (aiokafka's errors do not carry them, and bootstrap addresses
+hold none).
 """
 
 from __future__ import annotations
@@ -30,16 +35,34 @@ _CONNECTION = (
 )
 
 
+# The broker refuses the producer's identity or sequence: the producer cannot send again.
+PRODUCER_FATAL: tuple[type[Exception], ...] = (
+    kafka.OutOfOrderSequenceNumber,
+    kafka.UnknownProducerId,
+    kafka.InvalidProducerEpoch,
+    kafka.ProducerFenced,
+    kafka.InvalidProducerIdMapping,
+)
+
+
+def describe(exc: BaseException) -> str:
+    """An aiokafka error as text: a broker error's name, code and description, else str()."""
+    if isinstance(exc, kafka.BrokerResponseError):
+        detail = str(exc.args[0]) if exc.args else exc.description
+        return f"{exc.message} (error {exc.errno}): {detail}" if detail else exc.message
+    return str(exc) or type(exc).__name__
+
+
 def to_streamlib(exc: BaseException, action: str, *, publish: bool = False) -> StreamlibError:
     """The streamlib error for an aiokafka error raised while doing ``action``."""
     if isinstance(exc, StreamlibError):
         return exc
-    reason = f"{action}: {exc}"
+    reason = f"{action}: {describe(exc)}"
     if isinstance(exc, _CONNECTION):
         return ConnectionLostError(reason)
     retriable = bool(getattr(exc, "retriable", False))
     if publish:
-        return PublishError(reason, retriable=retriable)
+        return PublishError(reason, retriable=retriable or isinstance(exc, PRODUCER_FATAL))
     return BrokerError(reason, retriable=retriable)
 
 

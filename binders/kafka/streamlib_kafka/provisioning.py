@@ -3,7 +3,9 @@
 A topic gets ``max(min-partition-count, required)`` partitions, where a producer requires its
 ``partition-count`` and a consumer ``instance-count x concurrency``. An existing topic with
 fewer partitions is grown when ``auto-add-partitions`` is on, else start-up fails naming the
-topic and both counts. A DLQ topic gets its source topic's partition count.
+topic and both counts. A DLQ topic gets its source topic's partition count. Each provisioned
+topic's ``max.message.bytes`` and ``cleanup.policy`` are described and kept in the binder's
+``RecordLimits``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from aiokafka.admin import (  # type: ignore[import-untyped]
     NewPartitions,
     NewTopic,
 )
+from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
+    ConfigResource,
+    ConfigResourceType,
+)
 
 from streamlib.binder import ConsumerSpec, ProducerSpec
 from streamlib.errors import BindingError
 
 from . import naming
-from .errors import mapped, start_client
+from .errors import describe, mapped, start_client
+from .limits import RecordLimits
 from .settings import KafkaBinderSettings
 
 log = logging.getLogger("streamlib.kafka")
@@ -34,9 +41,14 @@ class KafkaProvisioner:
     """Creates topics with an admin client opened on first use."""
 
     def __init__(
-        self, settings: KafkaBinderSettings, client_kwargs: dict[str, Any], key: str
+        self,
+        settings: KafkaBinderSettings,
+        client_kwargs: dict[str, Any],
+        key: str,
+        limits: RecordLimits,
     ) -> None:
         self._settings = settings
+        self._limits = limits
         self._client_kwargs = client_kwargs
         self._key = key
         self._admin: Any = None
@@ -69,39 +81,76 @@ class KafkaProvisioner:
         under group management works with any count, as in Spring's binder).
         """
         async with self._lock:
-            settings = self._settings
-            required = max(required, settings.min_partition_count)
-            existing = await self.partition_count(topic)
-            admin = await self._client()
-            if existing is None:
-                if not settings.auto_create_topics:
-                    raise BindingError(
-                        f"topic {topic!r} does not exist and {self._key}.auto-create-topics "
-                        "is false; create it or enable auto-create-topics"
-                    )
-                if await self._create(admin, topic, required):
-                    return await self._wait_for(topic, required)
-                # Created meanwhile by another instance or by broker auto-creation.
-                existing = await self._wait_for(topic, 1)
-            if existing >= required:
-                return existing
-            if not settings.auto_add_partitions and tolerate_fewer:
-                log.warning(
-                    "topic %r has %d partition(s), fewer than %d (%s); some consumers will idle",
-                    topic,
-                    existing,
-                    required,
-                    why,
-                )
-                return existing
-            if not settings.auto_add_partitions:
+            count = await self._ensure(topic, required, why, tolerate_fewer)
+            await self._learn_limit(topic)
+        return count
+
+    async def _learn_limit(self, topic: str) -> None:
+        """Describe the topic's ``max.message.bytes`` (its own or the broker default) and
+        ``cleanup.policy``."""
+        admin = await self._client()
+        wanted = {"max.message.bytes": None, "cleanup.policy": None}
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, wanted)
+        try:
+            [response] = await admin.describe_configs([resource])
+            [(code, message, _, _, entries)] = response.resources
+            values = {entry[0]: entry[1] for entry in entries}
+            if code:
+                raise RuntimeError(f"error {code} {message}")
+            limit = int(values["max.message.bytes"])
+            compacted = "compact" in str(values.get("cleanup.policy", "")).split(",")
+        except Exception as exc:
+            # Without DescribeConfigs rights only max-request-size is checked before sending.
+            log.warning("cannot describe max.message.bytes of topic %r: %s", topic, describe(exc))
+            return
+        self._limits.learn(topic, limit)
+        if compacted:
+            self._limits.compacted.add(topic)
+        batch_size = self._settings.producer.batch_size
+        if limit < batch_size:
+            log.warning(
+                "topic %r takes batches of at most %d bytes (max.message.bytes) but %s."
+                "producer.batch-size is %d: records that fit alone may be refused together",
+                topic,
+                limit,
+                self._key,
+                batch_size,
+            )
+
+    async def _ensure(self, topic: str, required: int, why: str, tolerate_fewer: bool) -> int:
+        settings = self._settings
+        required = max(required, settings.min_partition_count)
+        existing = await self.partition_count(topic)
+        admin = await self._client()
+        if existing is None:
+            if not settings.auto_create_topics:
                 raise BindingError(
-                    f"topic {topic!r} has {existing} partition(s) but {required} are required "
-                    f"({why}); set {self._key}.auto-add-partitions to true or add them"
+                    f"topic {topic!r} does not exist and {self._key}.auto-create-topics "
+                    "is false; create it or enable auto-create-topics"
                 )
-            with mapped(f"adding partitions to topic {topic!r}"):
-                await admin.create_partitions({topic: NewPartitions(total_count=required)})
-            return await self._wait_for(topic, required)
+            if await self._create(admin, topic, required):
+                return await self._wait_for(topic, required)
+            # Created meanwhile by another instance or by broker auto-creation.
+            existing = await self._wait_for(topic, 1)
+        if existing >= required:
+            return existing
+        if not settings.auto_add_partitions and tolerate_fewer:
+            log.warning(
+                "topic %r has %d partition(s), fewer than %d (%s); some consumers will idle",
+                topic,
+                existing,
+                required,
+                why,
+            )
+            return existing
+        if not settings.auto_add_partitions:
+            raise BindingError(
+                f"topic {topic!r} has {existing} partition(s) but {required} are required "
+                f"({why}); set {self._key}.auto-add-partitions to true or add them"
+            )
+        with mapped(f"adding partitions to topic {topic!r}"):
+            await admin.create_partitions({topic: NewPartitions(total_count=required)})
+        return await self._wait_for(topic, required)
 
     async def _create(self, admin: Any, topic: str, partitions: int) -> bool:
         """Create ``topic``; False when it already existed."""

@@ -69,6 +69,8 @@ class ProducerDefaults(_Model):
     batch_size: int = Field(65536, ge=1)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     request_timeout_ms: int = Field(30000, ge=1)
+    max_request_size: int = Field(1048576, ge=1)
+    """The largest request the producer sends; a larger record fails before it is sent."""
     transaction_timeout_ms: int = Field(60000, ge=1)
     """How long the broker keeps a transaction of a crashed instance open before aborting it."""
 
@@ -187,5 +189,6 @@ def producer_kwargs(settings: KafkaBinderSettings) -> dict[str, Any]:
         "max_batch_size": p.batch_size,
         "compression_type": p.compression_type,
         "request_timeout_ms": p.request_timeout_ms,
+        "max_request_size": p.max_request_size,
         "transaction_timeout_ms": p.transaction_timeout_ms,
     }
