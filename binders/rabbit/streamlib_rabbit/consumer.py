@@ -2,14 +2,14 @@
 
 Deliveries are taken from aiormq directly (aio-pika would wrap each in an ``IncomingMessage``
 and a second task) into a buffer that the workers drain. With one worker, messages are
-handled strictly in delivery order and acknowledged in batches (``multiple=True``) when half
-the prefetch is unacknowledged or no new message came for ``ACK_DELAY``. A message is
-acknowledged only after its handler and any output confirmation finished, or after it was
-dead-lettered.
+handled strictly in delivery order. A message is acknowledged only after its handler and any
+output confirmation finished, or after it was dead-lettered. Acks go out in batches when half
+the prefetch is finished or no new message came for ``ACK_DELAY``; which frames are safe to
+send (on which channel, covering which tags) is decided by ``acks.AckLedger``.
 
 The channel is an aio-pika robust channel: after a reconnection it declares the queue again
-and calls back here to consume again. Deliveries of the lost channel are dropped unacked;
-the broker delivers them again.
+and calls back here to consume again. Deliveries of the lost channel are dropped unacked, also
+those whose handlers finish after the reconnection; the broker delivers them again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from aiormq.abc import DeliveredMessage
+from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
 from streamlib.binder import ConsumerSpec, Dispatcher
@@ -30,6 +30,7 @@ from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
 from streamlib.retry import Failure
 
 from . import naming
+from .acks import AckLedger, Action, Settle
 from .attributes import DeliveryExtras
 from .errors import map_error
 from .naming import QueuePlan
@@ -110,10 +111,9 @@ class QueueConsumer:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._ordered = spec.properties.concurrency == 1
         self._ack_batch = max(1, settings.prefetch // 2)
-        self._ack_tag = 0
-        self._unacked = 0
+        self._ledger: AckLedger[AbstractChannel] = AckLedger()
+        self._settling = asyncio.Lock()
         self._recovery: asyncio.Task[None] | None = None
 
     @property
@@ -145,7 +145,8 @@ class QueueConsumer:
     async def _on_reopen(self, _: Any) -> None:
         # A new channel: deliveries of the old one can no longer be acknowledged.
         self._buffer.clear()
-        self._ack_tag = self._unacked = 0
+        if self._raw is not None:
+            self._ledger.lost(self._raw)
         self._raw = None
         if self._consuming:
             await self._consume()
@@ -183,6 +184,7 @@ class QueueConsumer:
                 log.warning("recovering the consumer of %s failed: %s", self.queue, exc)
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
+        self._ledger.deliver(message.channel, _tag(message))
         self._buffer.append(message)
         self._ready.set()
 
@@ -226,7 +228,7 @@ class QueueConsumer:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        await self._flush_acks()
+        await self._flush()
 
     async def close(self) -> None:
         await self.stop()
@@ -241,7 +243,7 @@ class QueueConsumer:
     async def _requeue_buffer(self) -> None:
         while self._buffer:
             message = self._buffer.popleft()
-            await self._settle(message, requeue=True)
+            await self._finish(message, Action.REQUEUE)
 
     async def _work(self) -> None:
         buffer = self._buffer
@@ -249,13 +251,13 @@ class QueueConsumer:
         while True:
             if not buffer:
                 ready.clear()
-                if self._ack_tag:
+                if self._ledger.finished:
                     # Acks wait a moment for more messages, so one frame acks many.
                     try:
                         async with asyncio.timeout(ACK_DELAY):
                             await ready.wait()
                     except TimeoutError:
-                        await self._flush_acks()
+                        await self._flush()
                     continue
                 await ready.wait()
                 continue
@@ -293,39 +295,40 @@ class QueueConsumer:
         await self._ack(message)
 
     async def _ack(self, message: DeliveredMessage) -> None:
-        if not self._ordered:
-            await self._write(message.channel, "ack", _tag(message), False)
-            return
-        # Single worker: every earlier delivery is settled, so one multiple-ack covers them.
-        # The worker sends it when half the prefetch is unacked or no message came for
-        # ACK_DELAY; it is the only sender, so acks go out in tag order.
-        self._ack_tag = _tag(message)
-        self._unacked += 1
-        if self._unacked >= self._ack_batch:
-            await self._flush_acks()
-
-    async def _flush_acks(self) -> None:
-        tag, self._ack_tag, self._unacked = self._ack_tag, 0, 0
-        if tag:
-            await self._write(self._raw, "ack", tag, True)
+        await self._finish(message, Action.ACK)
 
     async def _settle(self, message: DeliveredMessage, requeue: bool) -> None:
         """Reject ``message``: back to the queue, or dead-lettered by the broker."""
-        await self._flush_acks()
-        await self._write(message.channel, "requeue" if requeue else "reject", _tag(message))
+        await self._finish(message, Action.REQUEUE if requeue else Action.REJECT)
 
-    async def _write(self, raw: Any, action: str, tag: int, multiple: bool = False) -> None:
-        if raw is not self._raw or raw is None or raw.is_closed:
+    async def _finish(self, message: DeliveredMessage, action: Action) -> None:
+        """Record the outcome; rejects are sent at once, acks when a batch is full (or by the
+        idle worker after ``ACK_DELAY``)."""
+        if not self._ledger.finish(message.channel, _tag(message), action):
+            return  # its channel is gone: the broker redelivers it
+        if action is not Action.ACK or self._ledger.finished >= self._ack_batch:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # One flush at a time: frames must reach the broker in the order the ledger gave
+        # them, or a later multiple-ack would settle a tag an earlier frame names.
+        async with self._settling:
+            for frame in self._ledger.flush():
+                await self._write(frame)
+
+    async def _write(self, frame: Settle[AbstractChannel]) -> None:
+        channel = cast(aiormq.Channel, frame.channel)
+        if channel.is_closed:
             return  # the channel is gone; the broker redelivers unacknowledged messages
-        channel: aiormq.Channel = raw
         try:
             # Waits only when the connection's write queue is full; a connection that died
             # unnoticed never drains it, so the wait is bounded.
             async with asyncio.timeout(SETTLE_TIMEOUT if channel.write_queue.full() else None):
-                if action == "ack":
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                if frame.action is Action.ACK:
+                    await channel.basic_ack(frame.tag, multiple=frame.multiple, wait=False)
                 else:
-                    await channel.basic_reject(tag, requeue=action == "requeue", wait=False)
+                    requeue = frame.action is Action.REQUEUE
+                    await channel.basic_reject(frame.tag, requeue=requeue, wait=False)
         except (aiormq.exceptions.ChannelInvalidStateError, TimeoutError):
             return
 

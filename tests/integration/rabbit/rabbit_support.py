@@ -6,6 +6,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from yarl import URL
+
 from streamlib import StreamApp
 from streamlib.errors import BrokerError
 from streamlib.testing.brokers import rabbitmqctl
@@ -102,3 +104,16 @@ class ConfirmTally:
         while self.failed:
             retry, self.failed = self.failed, []
             await self.publish(retry)
+
+
+def through(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by a local proxy's (credentials kept)."""
+    return str(URL(url).with_host("127.0.0.1").with_port(port))
+
+
+def queue_depth(name: str) -> int:
+    """Messages of queue ``name`` on the broker, ready and unacknowledged (0 if it is gone)."""
+    for row in listing("queues", "name", "messages"):
+        if row["name"] == name:
+            return int(row["messages"])
+    return 0
