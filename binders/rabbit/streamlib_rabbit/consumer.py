@@ -27,12 +27,13 @@ from pamqp.commands import Basic
 from streamlib.binder import ConsumerSpec, Dispatcher
 from streamlib.errors import StreamlibError
 from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
-from streamlib.retry import Failure
+from streamlib.retry import Failure, RetryPolicy
 
 from . import naming
 from .acks import AckLedger, Action, Settle
 from .attributes import DeliveryExtras
 from .errors import map_error
+from .limits import DEFAULT_FRAME_MAX, fit_headers, truncated
 from .naming import QueuePlan
 from .producer import Publisher
 from .provisioning import RabbitProvisioner
@@ -57,6 +58,8 @@ RECOVERY_INTERVAL = 1.0
 """Seconds between attempts to consume again after the broker cancelled the consumer."""
 HEADROOM = 20_000
 """Bytes of a frame kept free for other headers when a stack trace is added (as Spring)."""
+DEAD_LETTER_ATTEMPTS = 3
+"""Writes of one dead letter (with the binding's back-off between) before it is requeued."""
 
 
 def envelope_of(
@@ -112,6 +115,7 @@ class QueueConsumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._ack_batch = max(1, settings.prefetch // 2)
+        self._policy = RetryPolicy.from_properties(spec.properties)
         self._ledger: AckLedger[AbstractChannel] = AckLedger()
         self._settling = asyncio.Lock()
         self._recovery: asyncio.Task[None] | None = None
@@ -334,38 +338,67 @@ class QueueConsumer:
 
     async def _dead_letter(self, message: DeliveredMessage, failure: Failure) -> None:
         """Republish to the DLX with the exception headers, then ack; or let the broker
-        dead-letter it (reject without requeue) when republishing is off."""
+        dead-letter it (reject without requeue) when republishing is off.
+
+        A dead letter that cannot be written is tried ``DEAD_LETTER_ATTEMPTS`` times with the
+        binding's back-off, then goes back to the queue (and through its handler again)."""
         if self._dead_letters is None or not self._settings.republish_to_dlq:
             await self._settle(message, requeue=False)
             return
         props = message.header.properties
         headers: dict[str, Any] = dict(props.headers or {})
         headers.update(failure.dead_letter_headers())
-        frame_max = message.channel.connection.connection_tune.frame_max or 131_072
+        frame_max = message.channel.connection.connection_tune.frame_max or DEFAULT_FRAME_MAX
         trace = headers[X_EXCEPTION_STACKTRACE].encode()
         limit = max(1_000, frame_max - HEADROOM)
         if len(trace) > limit:
-            headers[X_EXCEPTION_STACKTRACE] = trace[:limit].decode("utf-8", "ignore")
+            headers[X_EXCEPTION_STACKTRACE] = truncated(trace, limit)
         headers["x-original-exchange"] = _deliver(message).exchange
         headers["x-original-routingKey"] = _deliver(message).routing_key
         previous = headers.get("retry-count")
         headers["retry-count"] = (previous if isinstance(previous, int) else 0) + 1
         props.headers = headers
         try:
-            confirm = await self._dead_letters.publish(
-                self._settings.dead_letter_exchange, self.queue, message.body, props
-            )
-            await confirm
-        except (StreamlibError, aiormq.exceptions.AMQPError) as exc:
+            fit_headers(props, len(message.body), frame_max)
+        except ValueError as exc:
             log.error(
-                "binding %s: dead-lettering a message from %s failed (%s); it goes back to "
-                "the queue",
-                self._spec.binding_name,
-                self.queue,
-                exc,
+                "binding %s: a dead letter from %s: %s", self._spec.binding_name, self.queue, exc
             )
-            await self._settle(message, requeue=True)
-            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                confirm = await self._dead_letters.publish(
+                    self._settings.dead_letter_exchange, self.queue, message.body, props
+                )
+                await confirm
+            except (StreamlibError, aiormq.exceptions.AMQPError) as exc:
+                if message.channel.is_closed:
+                    return  # the broker redelivers it
+                if attempt < DEAD_LETTER_ATTEMPTS:
+                    delay = self._policy.backoff(attempt)
+                    log.warning(
+                        "binding %s: dead-lettering a message from %s failed (attempt %d: %s); "
+                        "trying again in %.3gs",
+                        self._spec.binding_name,
+                        self.queue,
+                        attempt,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                log.error(
+                    "binding %s: dead-lettering a message from %s failed %d times (%s); it "
+                    "goes back to the queue",
+                    self._spec.binding_name,
+                    self.queue,
+                    attempt,
+                    exc,
+                )
+                await self._settle(message, requeue=True)
+                return
+            break
         await self._ack(message)
 
 
