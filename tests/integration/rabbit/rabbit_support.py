@@ -13,11 +13,17 @@ from streamlib.errors import BrokerError
 from streamlib.testing.brokers import rabbitmqctl
 
 
-def rabbit_app(url: str, name: str, bindings: Mapping[str, Any], **top: Any) -> StreamApp:
-    """An app on the rabbit binder at ``url`` with ``bindings``."""
+def rabbit_app(
+    url: str,
+    name: str,
+    bindings: Mapping[str, Any],
+    binder: Mapping[str, Any] | None = None,
+    **top: Any,
+) -> StreamApp:
+    """An app on the rabbit binder at ``url`` with ``bindings`` (and more binder settings)."""
     config: dict[str, Any] = {
         "name": name,
-        "binders": {"rabbit": {"type": "rabbit", "url": url}},
+        "binders": {"rabbit": {"type": "rabbit", "url": url, **(binder or {})}},
         "default-binder": "rabbit",
         "bindings": dict(bindings),
         **top,
