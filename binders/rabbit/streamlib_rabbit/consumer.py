@@ -24,8 +24,8 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
-from streamlib.binder import ConsumerSpec, Dispatcher
-from streamlib.errors import StreamlibError
+from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
+from streamlib.errors import ConnectionLostError, StreamlibError
 from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
 from streamlib.retry import Failure, RetryPolicy
 
@@ -277,26 +277,87 @@ class QueueConsumer:
     async def _handle(self, message: DeliveredMessage) -> None:
         if message.channel is not self._raw:
             return  # from a channel lost since: the broker redelivers it
-        outcome = await self._dispatch(
-            envelope_of(message, self._spec.destination, self._plan.partition, self.queue)
-        )
-        if outcome.pending is not None:
-            try:
-                await outcome.pending
-            except Exception as exc:
-                log.error(
-                    "binding %s: output of a message from %s was not confirmed (%s); "
-                    "the message goes back to the queue",
-                    self._spec.binding_name,
-                    self.queue,
-                    exc,
-                )
-                await self._settle(message, requeue=True)
-                return
+        outcome: Outcome | None
+        try:
+            envelope = envelope_of(
+                message, self._spec.destination, self._plan.partition, self.queue
+            )
+        except Exception as exc:
+            outcome = self._dispatch.unreadable(exc, f"{self.queue} delivery {_tag(message)}")
+        else:
+            outcome = await self._dispatch_until_confirmed(message, envelope)
+        if outcome is None:
+            return
         if outcome.failure is not None:
             await self._dead_letter(message, outcome.failure)
             return
         await self._ack(message)
+
+    async def _dispatch_until_confirmed(
+        self, message: DeliveredMessage, envelope: Envelope
+    ) -> Outcome | None:
+        """Dispatch until the outputs are confirmed, in place, so order holds.
+
+        An output the broker refused (nacked, 404, 403, ...) is a failure of this message:
+        it is handled again per the binding's retry policy, then dead-lettered or dropped
+        with the broker's reason. A lost producer connection is not the message's fault: it
+        is tried again with back-off until it works or the consumer stops. Returns None when
+        the message was given back (stopping, or its channel is gone)."""
+        attempt = 0
+        lost = 0
+        while True:
+            attempt += 1
+            outcome = await self._dispatch(envelope)
+            if outcome.pending is None:
+                return outcome
+            try:
+                await outcome.pending
+                return outcome
+            except Exception as exc:
+                if message.channel.is_closed:
+                    return None  # the broker redelivers it
+                if isinstance(exc, ConnectionLostError):
+                    lost += 1
+                    attempt -= 1
+                    if not self._consuming:
+                        await self._settle(message, requeue=True)
+                        return None
+                    delay = self._policy.backoff(lost)
+                elif self._policy.should_retry(exc, attempt):
+                    delay = self._policy.backoff(attempt)
+                else:
+                    return self._output_failed(exc, attempt)
+                log.warning(
+                    "binding %s: output of a message from %s was not confirmed (%s); "
+                    "handling it again in %.3gs",
+                    self._spec.binding_name,
+                    self.queue,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _output_failed(self, exc: Exception, attempts: int) -> Outcome:
+        failure = Failure(exc, attempts)
+        if self._plan.dlq is not None:
+            log.warning(
+                "binding %s: output of a message from %s failed after %d attempt(s), "
+                "dead-lettering: %s",
+                self._spec.binding_name,
+                self.queue,
+                attempts,
+                failure.reason,
+            )
+            return Outcome(failure=failure)
+        log.error(
+            "binding %s: output of a message from %s failed after %d attempt(s) and the "
+            "message is dropped (no DLQ): %s",
+            self._spec.binding_name,
+            self.queue,
+            attempts,
+            failure.reason,
+        )
+        return ACK
 
     async def _ack(self, message: DeliveredMessage) -> None:
         await self._finish(message, Action.ACK)
