@@ -48,9 +48,12 @@ async def wait_all_handled_or_queue_empty(
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.parametrize("fault", ["proxy-cut", "broker-close"])
+@pytest.mark.parametrize(
+    ("fault", "concurrency"),
+    [("proxy-cut", 1), ("broker-close", 1), ("proxy-cut", 4), ("blackhole", 1)],
+)
 async def test_connection_lost_while_handlers_run_loses_nothing(
-    rabbit_url: str, unique: Callable[[str], str], fault: str
+    rabbit_url: str, unique: Callable[[str], str], fault: str, concurrency: int
 ) -> None:
     dest = unique("cut")
     name = unique("cutter")
@@ -66,13 +69,20 @@ async def test_connection_lost_while_handlers_run_loses_nothing(
             "url": through(rabbit_url, proxy.port),
             "connection-name": name,
             "reconnect-interval": 0.2,
+            "heartbeat": 1,
         }
         app = StreamApp(
             name,
             config={
                 "name": name,
                 "binders": {"rabbit": binder},
-                "bindings": {"take-in-0": {"destination": dest, "group": "g"}},
+                "bindings": {
+                    "take-in-0": {
+                        "destination": dest,
+                        "group": "g",
+                        "consumer": {"concurrency": concurrency},
+                    }
+                },
             },
         )
 
@@ -93,8 +103,16 @@ async def test_connection_lost_while_handlers_run_loses_nothing(
             await asyncio.wait_for(at_gate.wait(), TIMEOUT)
             if fault == "proxy-cut":
                 assert proxy.cut() == 1
-            else:
+            elif fault == "broker-close":
                 assert await asyncio.to_thread(close_connections, name) == 1
+            else:
+                # Nothing gets through until the client misses the broker's heartbeats and
+                # drops the connection; its next attempt finds the network back.
+                proxy.blackhole = True
+                async with asyncio.timeout(TIMEOUT):
+                    while proxy.open_connections:
+                        await asyncio.sleep(0.01)
+                proxy.blackhole = False
             cut_done.set()
             await wait_all_handled_or_queue_empty(handled, expected, queue)
             missing = sorted(expected - handled)
