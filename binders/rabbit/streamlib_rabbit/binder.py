@@ -22,6 +22,7 @@ from streamlib.binder import BaseBinder, BinderContext, ConsumerSpec, Dispatcher
 from streamlib.config import validate
 from streamlib.errors import BindingError
 
+from . import timestamps
 from .consumer import QueueConsumer, RabbitBinding
 from .errors import map_error
 from .producer import Publisher, RabbitProducer
@@ -55,6 +56,7 @@ class RabbitBinder(BaseBinder):
     """Binder ``type: rabbit``. Settings: see ``RabbitBinderSettings``."""
 
     def __init__(self, settings: Mapping[str, Any], context: BinderContext) -> None:
+        timestamps.install()
         self._key = f"binders.{context.binder_name}"
         self.settings = validate(RabbitBinderSettings, dict(settings), self._key)
         self._context = context

@@ -29,7 +29,7 @@ from streamlib.errors import ConnectionLostError, StreamlibError
 from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
 from streamlib.retry import Failure, RetryPolicy
 
-from . import naming
+from . import naming, timestamps
 from .acks import AckLedger, Action, Settle
 from .attributes import DeliveryExtras
 from .errors import map_error
@@ -66,10 +66,13 @@ def envelope_of(
     message: DeliveredMessage, destination: str, partition: int | None, queue: str
 ) -> Envelope:
     """The streamlib envelope of a delivery: ``content_type`` back as the contentType header,
-    the key from its header, the delivery tag as offset."""
+    the key from its header, the delivery tag as offset.
+
+    Raises ValueError for a timestamp (property or header) the client could not represent."""
     props = message.header.properties
     # A copy: a dead letter is republished with the delivery's own headers, untouched.
     headers: dict[str, Any] = dict(props.headers) if props.headers else {}
+    timestamps.check(props.timestamp, headers)
     key = headers.pop(naming.KEY_HEADER, None) if headers else None
     if props.content_type is not None:
         headers[CONTENT_TYPE] = props.content_type

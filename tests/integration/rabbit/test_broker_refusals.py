@@ -1,17 +1,25 @@
-"""The broker says no to an output: each refusal is an outcome of that message, never a loop,
-a silent drop or a stall. Per message: how often it was handled, what was dead-lettered (with
-the broker's reason) and that the input queue ends empty."""
+"""The broker says no to an output, or a delivery cannot be read: each is an outcome of that
+message, never a loop, a silent drop or a stall. Per message: how often it was handled, what
+was dead-lettered (with the reason) and that the input queue ends empty."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import pytest
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.frame import marshal as marshal_frame
+from pamqp.header import ContentHeader
 from pydantic import BaseModel
 from rabbit_support import queue_depth, rabbit_app
 from streamlib_rabbit.testing import RabbitHarness
@@ -208,3 +216,49 @@ async def harness_wait(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(TIMEOUT):
         while not await asyncio.to_thread(condition):
             await asyncio.sleep(0.05)
+
+
+async def publish_with_raw_timestamp(url: str, exchange: str, body: bytes, stamp: int) -> None:
+    """Publish ``body`` with an AMQP timestamp of ``stamp`` seconds, whatever its range (a
+    datetime cannot hold every value the wire can, so the frame is patched)."""
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        raw = await channel.get_underlay_channel()
+        assert isinstance(raw, aiormq.Channel)
+        placeholder = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+        props = Basic.Properties(content_type="application/json", timestamp=placeholder)
+        header = marshal_frame(ContentHeader(0, len(body), props), raw.number)
+        header = header.replace(
+            struct.pack(">Q", int(placeholder.timestamp())), struct.pack(">Q", stamp)
+        )
+        publish = marshal_frame(Basic.Publish(exchange=exchange, routing_key=exchange), raw.number)
+        frames = publish + header + marshal_frame(ContentBody(body), raw.number)
+        await raw.connection.write_queue.put(ChannelFrame(payload=frames, should_close=False))
+        await channel.declare_exchange(exchange, passive=True)  # a round trip: it was sent
+
+
+async def test_a_timestamp_the_client_cannot_decode_fails_that_message_only(
+    rabbit_url: str, unique: Callable[[str], str], harness: RabbitHarness
+) -> None:
+    dest = unique("stamp")
+    app = rabbit_app(
+        rabbit_url,
+        unique("stamp"),
+        {"take-in-0": {"destination": dest, "group": "g", "consumer": {"dlq": True}}},
+    )
+    got: Collector[int] = Collector()
+
+    @app.sink
+    async def take(item: Item) -> None:
+        got.add(item.seq)
+
+    async with app.run():
+        # Year 584556019: the wire can say it, a datetime cannot.
+        await publish_with_raw_timestamp(rabbit_url, dest, b'{"seq": 1}', 0xFFFFFFFFFFFFFF00)
+        await app.send(dest, Item(seq=2))
+        assert await got.wait_for(1, TIMEOUT) == [2]
+        letters = await harness.dead_letters(dest, "g", 1)
+        await harness_wait(lambda: queue_depth(f"{dest}.g") == 0)
+        assert app.health()["binders"]["rabbit"]["connections"]["consumer"] == "up"
+    assert [Item.model_validate_json(letter.body).seq for letter in letters] == [1]
+    assert "timestamp" in letters[0].headers["x-exception-message"]
