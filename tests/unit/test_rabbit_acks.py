@@ -141,3 +141,14 @@ def test_an_old_channel_finish_is_not_acked_on_the_new_channel() -> None:
     ledger.deliver(new, 1)
     assert ledger.finish(old, 7, Action.ACK) is False
     assert ledger.flush() == []
+
+
+def test_reset_forgets_every_channel() -> None:
+    ledger: AckLedger[str] = AckLedger()
+    ledger.deliver("a", 1)
+    ledger.finish("a", 1, Action.ACK)
+    ledger.deliver("b", 1)
+    ledger.reset()
+    assert ledger.finished == 0
+    assert ledger.finish("b", 1, Action.ACK) is False
+    assert ledger.flush() == []

@@ -83,6 +83,11 @@ class AckLedger(Generic[C]):
             del self._open[id(channel)]
             self._finished -= sum(1 for a in entry[1].values() if a is not _PENDING)
 
+    def reset(self) -> None:
+        """Forget every channel (all were lost: a consumer has one channel at a time)."""
+        self._open.clear()
+        self._finished = 0
+
     def flush(self) -> list[Settle[C]]:
         """The frames that settle every finished delivery, and forget those deliveries."""
         out: list[Settle[C]] = []

@@ -152,8 +152,7 @@ class QueueConsumer:
     async def _on_reopen(self, _: Any) -> None:
         # A new channel: deliveries of the old one can no longer be acknowledged.
         self._buffer.clear()
-        if self._raw is not None:
-            self._ledger.lost(self._raw)
+        self._ledger.reset()
         self._raw = None
         if self._consuming:
             await self._consume()
