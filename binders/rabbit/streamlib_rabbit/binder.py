@@ -3,8 +3,8 @@
 Two robust connections, opened on first use: one for consumers, one for producers (a
 publisher blocked by the broker's flow control does not stall consumers). Each consumed
 queue and each producer gets its own channel; dead letters are republished on a channel of
-the producer connection. Connections and channels recover by themselves after a broker
-restart, declaring their topology again.
+the producer connection, always with publisher confirms. Connections and channels recover by
+themselves after a broker restart, declaring their topology again.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from streamlib.binder import BaseBinder, BinderContext, ConsumerSpec, Dispatcher
 from streamlib.config import validate
 from streamlib.errors import BindingError
 
+from . import timestamps
 from .consumer import QueueConsumer, RabbitBinding
 from .errors import map_error
 from .producer import Publisher, RabbitProducer
@@ -55,6 +56,7 @@ class RabbitBinder(BaseBinder):
     """Binder ``type: rabbit``. Settings: see ``RabbitBinderSettings``."""
 
     def __init__(self, settings: Mapping[str, Any], context: BinderContext) -> None:
+        timestamps.install()
         self._key = f"binders.{context.binder_name}"
         self.settings = validate(RabbitBinderSettings, dict(settings), self._key)
         self._context = context
@@ -102,17 +104,18 @@ class RabbitBinder(BaseBinder):
     async def _channel(self, role: Role, confirms: bool) -> AbstractRobustChannel:
         conn = await self.connection(role)
         try:
-            channel = await conn.channel(publisher_confirms=confirms, on_return_raises=True)
+            # aio-pika refuses on_return_raises without confirms (returns need a confirm to fail).
+            channel = await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
         except Exception as exc:
             raise map_error(exc, "open a channel") from exc
         assert isinstance(channel, AbstractRobustChannel)
         return channel
 
-    async def _publisher(self) -> Publisher:
-        channel = await self._channel("producer", self.settings.publisher_confirms)
-        return Publisher(
-            channel, self.settings.publisher_confirms, self.settings.connection_timeout
-        )
+    async def _publisher(self, confirms: bool | None = None) -> Publisher:
+        if confirms is None:
+            confirms = self.settings.publisher_confirms
+        channel = await self._channel("producer", confirms)
+        return Publisher(channel, confirms, self.settings.connection_timeout)
 
     async def bind_consumer(self, spec: ConsumerSpec, dispatch: Dispatcher) -> RabbitBinding:
         """Declare the binding's queues (and DLQ) and, unless ``auto-startup`` is off,
@@ -123,7 +126,9 @@ class RabbitBinder(BaseBinder):
             raise BindingError(f"{key}: a partitioned consumer needs a group")
         dlq = spec.group is not None and (spec.properties.dlq or settings.auto_bind_dlq)
         if dlq and settings.republish_to_dlq and self._dead_letters is None:
-            self._dead_letters = await self._publisher()
+            # Confirms on, whatever publisher-confirms says: the original is acked once its
+            # dead letter is confirmed, or an unroutable or refused one would be lost.
+            self._dead_letters = await self._publisher(confirms=True)
         conn = await self.connection("consumer")
         consumers = [
             QueueConsumer(conn, spec, plan, settings, dispatch, self._dead_letters if dlq else None)

@@ -2,14 +2,14 @@
 
 Deliveries are taken from aiormq directly (aio-pika would wrap each in an ``IncomingMessage``
 and a second task) into a buffer that the workers drain. With one worker, messages are
-handled strictly in delivery order and acknowledged in batches (``multiple=True``) when half
-the prefetch is unacknowledged or no new message came for ``ACK_DELAY``. A message is
-acknowledged only after its handler and any output confirmation finished, or after it was
-dead-lettered.
+handled strictly in delivery order. A message is acknowledged only after its handler and any
+output confirmation finished, or after it was dead-lettered. Acks go out in batches when half
+the prefetch is finished or no new message came for ``ACK_DELAY``; which frames are safe to
+send (on which channel, covering which tags) is decided by ``acks.AckLedger``.
 
 The channel is an aio-pika robust channel: after a reconnection it declares the queue again
-and calls back here to consume again. Deliveries of the lost channel are dropped unacked;
-the broker delivers them again.
+and calls back here to consume again. Deliveries of the lost channel are dropped unacked, also
+those whose handlers finish after the reconnection; the broker delivers them again.
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ from typing import Any, cast
 
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from aiormq.abc import DeliveredMessage
+from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
-from streamlib.binder import ConsumerSpec, Dispatcher
-from streamlib.errors import StreamlibError
+from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
+from streamlib.errors import ConnectionLostError, StreamlibError
 from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
-from streamlib.retry import Failure
+from streamlib.retry import Failure, RetryPolicy
 
-from . import naming
+from . import naming, timestamps
+from .acks import AckLedger, Action, Settle
 from .attributes import DeliveryExtras
 from .errors import map_error
+from .limits import DEFAULT_FRAME_MAX, fit_headers, truncated
 from .naming import QueuePlan
 from .producer import Publisher
 from .provisioning import RabbitProvisioner
@@ -56,16 +58,21 @@ RECOVERY_INTERVAL = 1.0
 """Seconds between attempts to consume again after the broker cancelled the consumer."""
 HEADROOM = 20_000
 """Bytes of a frame kept free for other headers when a stack trace is added (as Spring)."""
+DEAD_LETTER_ATTEMPTS = 3
+"""Writes of one dead letter (with the binding's back-off between) before it is requeued."""
 
 
 def envelope_of(
     message: DeliveredMessage, destination: str, partition: int | None, queue: str
 ) -> Envelope:
     """The streamlib envelope of a delivery: ``content_type`` back as the contentType header,
-    the key from its header, the delivery tag as offset."""
+    the key from its header, the delivery tag as offset.
+
+    Raises ValueError for a timestamp (property or header) the client could not represent."""
     props = message.header.properties
     # A copy: a dead letter is republished with the delivery's own headers, untouched.
     headers: dict[str, Any] = dict(props.headers) if props.headers else {}
+    timestamps.check(props.timestamp, headers)
     key = headers.pop(naming.KEY_HEADER, None) if headers else None
     if props.content_type is not None:
         headers[CONTENT_TYPE] = props.content_type
@@ -110,10 +117,10 @@ class QueueConsumer:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._ordered = spec.properties.concurrency == 1
         self._ack_batch = max(1, settings.prefetch // 2)
-        self._ack_tag = 0
-        self._unacked = 0
+        self._policy = RetryPolicy.from_properties(spec.properties)
+        self._ledger: AckLedger[AbstractChannel] = AckLedger()
+        self._settling = asyncio.Lock()
         self._recovery: asyncio.Task[None] | None = None
 
     @property
@@ -145,7 +152,7 @@ class QueueConsumer:
     async def _on_reopen(self, _: Any) -> None:
         # A new channel: deliveries of the old one can no longer be acknowledged.
         self._buffer.clear()
-        self._ack_tag = self._unacked = 0
+        self._ledger.reset()
         self._raw = None
         if self._consuming:
             await self._consume()
@@ -183,6 +190,7 @@ class QueueConsumer:
                 log.warning("recovering the consumer of %s failed: %s", self.queue, exc)
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
+        self._ledger.deliver(message.channel, _tag(message))
         self._buffer.append(message)
         self._ready.set()
 
@@ -226,7 +234,7 @@ class QueueConsumer:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        await self._flush_acks()
+        await self._flush()
 
     async def close(self) -> None:
         await self.stop()
@@ -241,7 +249,7 @@ class QueueConsumer:
     async def _requeue_buffer(self) -> None:
         while self._buffer:
             message = self._buffer.popleft()
-            await self._settle(message, requeue=True)
+            await self._finish(message, Action.REQUEUE)
 
     async def _work(self) -> None:
         buffer = self._buffer
@@ -249,13 +257,13 @@ class QueueConsumer:
         while True:
             if not buffer:
                 ready.clear()
-                if self._ack_tag:
+                if self._ledger.finished:
                     # Acks wait a moment for more messages, so one frame acks many.
                     try:
                         async with asyncio.timeout(ACK_DELAY):
                             await ready.wait()
                     except TimeoutError:
-                        await self._flush_acks()
+                        await self._flush()
                     continue
                 await ready.wait()
                 continue
@@ -271,98 +279,189 @@ class QueueConsumer:
     async def _handle(self, message: DeliveredMessage) -> None:
         if message.channel is not self._raw:
             return  # from a channel lost since: the broker redelivers it
-        outcome = await self._dispatch(
-            envelope_of(message, self._spec.destination, self._plan.partition, self.queue)
-        )
-        if outcome.pending is not None:
-            try:
-                await outcome.pending
-            except Exception as exc:
-                log.error(
-                    "binding %s: output of a message from %s was not confirmed (%s); "
-                    "the message goes back to the queue",
-                    self._spec.binding_name,
-                    self.queue,
-                    exc,
-                )
-                await self._settle(message, requeue=True)
-                return
+        outcome: Outcome | None
+        try:
+            envelope = envelope_of(
+                message, self._spec.destination, self._plan.partition, self.queue
+            )
+        except Exception as exc:
+            outcome = self._dispatch.unreadable(exc, f"{self.queue} delivery {_tag(message)}")
+        else:
+            outcome = await self._dispatch_until_confirmed(message, envelope)
+        if outcome is None:
+            return
         if outcome.failure is not None:
             await self._dead_letter(message, outcome.failure)
             return
         await self._ack(message)
 
-    async def _ack(self, message: DeliveredMessage) -> None:
-        if not self._ordered:
-            await self._write(message.channel, "ack", _tag(message), False)
-            return
-        # Single worker: every earlier delivery is settled, so one multiple-ack covers them.
-        # The worker sends it when half the prefetch is unacked or no message came for
-        # ACK_DELAY; it is the only sender, so acks go out in tag order.
-        self._ack_tag = _tag(message)
-        self._unacked += 1
-        if self._unacked >= self._ack_batch:
-            await self._flush_acks()
+    async def _dispatch_until_confirmed(
+        self, message: DeliveredMessage, envelope: Envelope
+    ) -> Outcome | None:
+        """Dispatch until the outputs are confirmed, in place, so order holds.
 
-    async def _flush_acks(self) -> None:
-        tag, self._ack_tag, self._unacked = self._ack_tag, 0, 0
-        if tag:
-            await self._write(self._raw, "ack", tag, True)
+        An output the broker refused (nacked, 404, 403, ...) is a failure of this message:
+        it is handled again per the binding's retry policy, then dead-lettered or dropped
+        with the broker's reason. A lost producer connection is not the message's fault: it
+        is tried again with back-off until it works or the consumer stops. Returns None when
+        the message was given back (stopping, or its channel is gone)."""
+        attempt = 0
+        lost = 0
+        while True:
+            attempt += 1
+            outcome = await self._dispatch(envelope)
+            if outcome.pending is None:
+                return outcome
+            try:
+                await outcome.pending
+                return outcome
+            except Exception as exc:
+                if message.channel.is_closed:
+                    return None  # the broker redelivers it
+                if isinstance(exc, ConnectionLostError):
+                    lost += 1
+                    attempt -= 1
+                    if not self._consuming:
+                        await self._settle(message, requeue=True)
+                        return None
+                    delay = self._policy.backoff(lost)
+                elif self._policy.should_retry(exc, attempt):
+                    delay = self._policy.backoff(attempt)
+                else:
+                    return self._output_failed(exc, attempt)
+                log.warning(
+                    "binding %s: output of a message from %s was not confirmed (%s); "
+                    "handling it again in %.3gs",
+                    self._spec.binding_name,
+                    self.queue,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _output_failed(self, exc: Exception, attempts: int) -> Outcome:
+        failure = Failure(exc, attempts)
+        if self._plan.dlq is not None:
+            log.warning(
+                "binding %s: output of a message from %s failed after %d attempt(s), "
+                "dead-lettering: %s",
+                self._spec.binding_name,
+                self.queue,
+                attempts,
+                failure.reason,
+            )
+            return Outcome(failure=failure)
+        log.error(
+            "binding %s: output of a message from %s failed after %d attempt(s) and the "
+            "message is dropped (no DLQ): %s",
+            self._spec.binding_name,
+            self.queue,
+            attempts,
+            failure.reason,
+        )
+        return ACK
+
+    async def _ack(self, message: DeliveredMessage) -> None:
+        await self._finish(message, Action.ACK)
 
     async def _settle(self, message: DeliveredMessage, requeue: bool) -> None:
         """Reject ``message``: back to the queue, or dead-lettered by the broker."""
-        await self._flush_acks()
-        await self._write(message.channel, "requeue" if requeue else "reject", _tag(message))
+        await self._finish(message, Action.REQUEUE if requeue else Action.REJECT)
 
-    async def _write(self, raw: Any, action: str, tag: int, multiple: bool = False) -> None:
-        if raw is not self._raw or raw is None or raw.is_closed:
+    async def _finish(self, message: DeliveredMessage, action: Action) -> None:
+        """Record the outcome; rejects are sent at once, acks when a batch is full (or by the
+        idle worker after ``ACK_DELAY``)."""
+        if not self._ledger.finish(message.channel, _tag(message), action):
+            return  # its channel is gone: the broker redelivers it
+        if action is not Action.ACK or self._ledger.finished >= self._ack_batch:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # One flush at a time: frames must reach the broker in the order the ledger gave
+        # them, or a later multiple-ack would settle a tag an earlier frame names.
+        async with self._settling:
+            for frame in self._ledger.flush():
+                await self._write(frame)
+
+    async def _write(self, frame: Settle[AbstractChannel]) -> None:
+        channel = cast(aiormq.Channel, frame.channel)
+        if channel.is_closed:
             return  # the channel is gone; the broker redelivers unacknowledged messages
-        channel: aiormq.Channel = raw
         try:
             # Waits only when the connection's write queue is full; a connection that died
             # unnoticed never drains it, so the wait is bounded.
             async with asyncio.timeout(SETTLE_TIMEOUT if channel.write_queue.full() else None):
-                if action == "ack":
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+                if frame.action is Action.ACK:
+                    await channel.basic_ack(frame.tag, multiple=frame.multiple, wait=False)
                 else:
-                    await channel.basic_reject(tag, requeue=action == "requeue", wait=False)
+                    requeue = frame.action is Action.REQUEUE
+                    await channel.basic_reject(frame.tag, requeue=requeue, wait=False)
         except (aiormq.exceptions.ChannelInvalidStateError, TimeoutError):
             return
 
     async def _dead_letter(self, message: DeliveredMessage, failure: Failure) -> None:
         """Republish to the DLX with the exception headers, then ack; or let the broker
-        dead-letter it (reject without requeue) when republishing is off."""
+        dead-letter it (reject without requeue) when republishing is off.
+
+        A dead letter that cannot be written is tried ``DEAD_LETTER_ATTEMPTS`` times with the
+        binding's back-off, then goes back to the queue (and through its handler again)."""
         if self._dead_letters is None or not self._settings.republish_to_dlq:
             await self._settle(message, requeue=False)
             return
         props = message.header.properties
         headers: dict[str, Any] = dict(props.headers or {})
         headers.update(failure.dead_letter_headers())
-        frame_max = message.channel.connection.connection_tune.frame_max or 131_072
+        frame_max = message.channel.connection.connection_tune.frame_max or DEFAULT_FRAME_MAX
         trace = headers[X_EXCEPTION_STACKTRACE].encode()
         limit = max(1_000, frame_max - HEADROOM)
         if len(trace) > limit:
-            headers[X_EXCEPTION_STACKTRACE] = trace[:limit].decode("utf-8", "ignore")
+            headers[X_EXCEPTION_STACKTRACE] = truncated(trace, limit)
         headers["x-original-exchange"] = _deliver(message).exchange
         headers["x-original-routingKey"] = _deliver(message).routing_key
         previous = headers.get("retry-count")
         headers["retry-count"] = (previous if isinstance(previous, int) else 0) + 1
         props.headers = headers
         try:
-            confirm = await self._dead_letters.publish(
-                self._settings.dead_letter_exchange, self.queue, message.body, props
-            )
-            await confirm
-        except (StreamlibError, aiormq.exceptions.AMQPError) as exc:
+            fit_headers(props, len(message.body), frame_max)
+        except ValueError as exc:
             log.error(
-                "binding %s: dead-lettering a message from %s failed (%s); it goes back to "
-                "the queue",
-                self._spec.binding_name,
-                self.queue,
-                exc,
+                "binding %s: a dead letter from %s: %s", self._spec.binding_name, self.queue, exc
             )
-            await self._settle(message, requeue=True)
-            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                confirm = await self._dead_letters.publish(
+                    self._settings.dead_letter_exchange, self.queue, message.body, props
+                )
+                await confirm
+            except (StreamlibError, aiormq.exceptions.AMQPError) as exc:
+                if message.channel.is_closed:
+                    return  # the broker redelivers it
+                if attempt < DEAD_LETTER_ATTEMPTS:
+                    delay = self._policy.backoff(attempt)
+                    log.warning(
+                        "binding %s: dead-lettering a message from %s failed (attempt %d: %s); "
+                        "trying again in %.3gs",
+                        self._spec.binding_name,
+                        self.queue,
+                        attempt,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                log.error(
+                    "binding %s: dead-lettering a message from %s failed %d times (%s); it "
+                    "goes back to the queue",
+                    self._spec.binding_name,
+                    self.queue,
+                    attempt,
+                    exc,
+                )
+                await self._settle(message, requeue=True)
+                return
+            break
         await self._ack(message)
 
 

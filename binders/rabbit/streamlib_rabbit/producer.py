@@ -30,11 +30,12 @@ from pamqp.frame import marshal as marshal_frame
 from pamqp.header import ContentHeader
 
 from streamlib.binder import DONE, ProducerSpec
-from streamlib.errors import ConnectionLostError
+from streamlib.errors import ConnectionLostError, PublishError
 from streamlib.messages import CONTENT_TYPE, PARTITION, Envelope
 
 from . import naming
 from .errors import map_error
+from .limits import DEFAULT_FRAME_MAX
 from .settings import RabbitProducerSettings
 
 MAX_COALESCED = 256
@@ -198,7 +199,15 @@ class Publisher:
                 Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
                 number,
             )
-        parts = [method, marshal_frame(ContentHeader(0, len(body), properties), number)]
+        header = marshal_frame(ContentHeader(0, len(body), properties), number)
+        frame_max = raw.connection.connection_tune.frame_max or DEFAULT_FRAME_MAX
+        if len(header) > frame_max:
+            # The broker would close the whole connection (FRAME_ERROR), failing every send.
+            raise PublishError(
+                f"publish to {exchange!r}: the message's properties and headers take "
+                f"{len(header)} bytes, more than the connection's frame_max ({frame_max})"
+            )
+        parts = [method, header]
         size = raw.max_content_size
         for i in range(0, len(body), size):
             parts.append(marshal_frame(ContentBody(body[i : i + size]), number))

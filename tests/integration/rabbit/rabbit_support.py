@@ -6,16 +6,24 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from yarl import URL
+
 from streamlib import StreamApp
 from streamlib.errors import BrokerError
 from streamlib.testing.brokers import rabbitmqctl
 
 
-def rabbit_app(url: str, name: str, bindings: Mapping[str, Any], **top: Any) -> StreamApp:
-    """An app on the rabbit binder at ``url`` with ``bindings``."""
+def rabbit_app(
+    url: str,
+    name: str,
+    bindings: Mapping[str, Any],
+    binder: Mapping[str, Any] | None = None,
+    **top: Any,
+) -> StreamApp:
+    """An app on the rabbit binder at ``url`` with ``bindings`` (and more binder settings)."""
     config: dict[str, Any] = {
         "name": name,
-        "binders": {"rabbit": {"type": "rabbit", "url": url}},
+        "binders": {"rabbit": {"type": "rabbit", "url": url, **(binder or {})}},
         "default-binder": "rabbit",
         "bindings": dict(bindings),
         **top,
@@ -102,3 +110,16 @@ class ConfirmTally:
         while self.failed:
             retry, self.failed = self.failed, []
             await self.publish(retry)
+
+
+def through(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by a local proxy's (credentials kept)."""
+    return str(URL(url).with_host("127.0.0.1").with_port(port))
+
+
+def queue_depth(name: str) -> int:
+    """Messages of queue ``name`` on the broker, ready and unacknowledged (0 if it is gone)."""
+    for row in listing("queues", "name", "messages"):
+        if row["name"] == name:
+            return int(row["messages"])
+    return 0

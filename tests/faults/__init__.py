@@ -1,0 +1,1 @@
+"""Fault injection for the broker tests: a TCP proxy that cuts, delays and black-holes."""
