@@ -67,6 +67,7 @@ class Run:
         self._expected = workload.messages - len(workload.rejected_seqs())
         self._last_restart = -1e9
         self.fleet: Fleet | None = None
+        self.exits: list[int] = []
 
     def clock(self) -> str:
         return f"[{self.side.name} {time.monotonic() - self.t0:6.1f}s]"
@@ -159,6 +160,8 @@ class Run:
         last = time.monotonic()
         while time.monotonic() < until:
             self._check(fleet, reader)
+            while len(fleet.alive) < self.opts.processors:
+                await fleet.start_one()
             if await self.done():
                 say(f"{self._status(fleet)}; everything accounted for")
                 return True
@@ -175,12 +178,15 @@ class Run:
             raise RuntimeError(f"{self.side.name}: the output reader stopped: {reader!r}")
         for code in fleet.reap():
             say(f"{self.clock()} a processor exited by itself with status {code}")
+            self.exits.append(code)
 
     async def _chaos(self, fleet: Fleet, reader: asyncio.Task[None], until: float) -> None:
         kinds = [k for k in FAULT_WEIGHTS if k in self.opts.faults]
         last_status = time.monotonic()
         while time.monotonic() < until:
             self._check(fleet, reader)
+            if not fleet.alive:
+                await fleet.start_one()
             if await self.done():
                 say(f"{self._status(fleet)}; everything accounted for")
                 return

@@ -197,35 +197,48 @@ class KafkaSide:
         behind = {p: ends[p] - committed[p] for p in ends if committed[p] < ends[p]}
         return not behind, f"uncommitted per partition {behind}" if behind else "all committed"
 
-    async def _read(self, topic: str, starts: dict[int, int]) -> list[int]:
-        """The sequence numbers of ``topic`` from each partition's start offset to its end."""
+    async def _partitions(self, topic: str) -> list[int]:
+        """The partitions of ``topic``, none when it does not exist."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            (found,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        if found.get("error_code"):
+            return []
+        return sorted(int(part["partition"]) for part in found.get("partitions", []))
 
+    async def _read(self, topic: str, starts: dict[int, int] | None = None) -> list[int]:
+        """The sequence numbers in ``topic``: of the partitions in ``starts`` from the offset
+        given there, or of every partition from the beginning; up to each partition's end."""
+        if starts is None:
+            starts = dict.fromkeys(await self._partitions(topic), 0)
+        if not starts:
+            return []
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None
         )
         await consumer.start()
         try:
-            if topic not in await consumer.topics():
-                return []
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            if not tps:
-                return []
+            tps = [TopicPartition(topic, p) for p in starts]
             ends = await consumer.end_offsets(tps)
-            todo = {tp for tp in tps if ends[tp] > starts.get(tp.partition, 0)}
+            todo = {tp for tp in tps if ends[tp] > starts[tp.partition]}
             if not todo:
                 return []
             consumer.assign(list(todo))
             for tp in todo:
-                consumer.seek(tp, starts.get(tp.partition, 0))
+                consumer.seek(tp, starts[tp.partition])
             seqs: list[int] = []
             deadline = time.monotonic() + 120
             while todo and time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=500)
                 for tp, records in batches.items():
-                    seqs += [_seq(r.value) for r in records if r.value is not None]
+                    seqs += [_seq(r.value) for r in records if r.offset < ends[tp]]
                     if records and records[-1].offset + 1 >= ends[tp]:
                         todo.discard(tp)
+            if todo:
+                raise RuntimeError(f"could not read {topic} to its end within 120 s")
             return seqs
         finally:
             await consumer.stop()
@@ -238,8 +251,8 @@ class KafkaSide:
             if committed[p] < ends[p]
         ]
         starts = {p: committed[p] for p in ends if committed[p] < ends[p]}
-        remaining = await self._read(self.workload.input, starts) if starts else []
-        return Leftovers(await self._read(self.dlq, {}), remaining, stuck)
+        remaining = await self._read(self.workload.input, starts)
+        return Leftovers(await self._read(self.dlq), remaining, stuck)
 
 
 class RabbitSide:
