@@ -14,8 +14,12 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
 from .driver import say
 from .fleet import REPO
@@ -33,8 +37,6 @@ def rss_kib(pid: int) -> int:
 
 
 async def fill_kafka(bootstrap: str, topic: str, count: int) -> None:
-    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -91,7 +93,36 @@ def write_spec(spec: dict[str, Any], logs: Path) -> Path:
     return path
 
 
-async def watch(spec: dict[str, Any], logs: Path, seconds: float, label: str) -> bool:
+async def kafka_handled(bootstrap: str, topic: str) -> int:
+    """Records of ``topic`` committed by the backlog group."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets("backlog")
+    finally:
+        await admin.close()
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
+
+
+async def rabbit_waiting(url: str, queue_name: str) -> int:
+    """Messages ready in the backlog queue."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        count = queue.declaration_result.message_count
+        return int(count or 0)
+
+
+async def watch(
+    spec: dict[str, Any],
+    logs: Path,
+    seconds: float,
+    label: str,
+    progress: Callable[[], Awaitable[str]],
+) -> bool:
     """Run the slow sink for ``seconds``, sampling its RSS; True when it stayed flat."""
     spec_path = write_spec(spec, logs)
     with (logs / "backlog-sink.log").open("ab") as log:
@@ -115,7 +146,12 @@ async def watch(spec: dict[str, Any], logs: Path, seconds: float, label: str) ->
                 say(f"  {label}: the consumer exited with status {proc.returncode}; see {logs}")
                 return False
             samples.append(rss_kib(proc.pid))
-            say(f"  {label} {time.monotonic() - t0:5.0f} s  RSS {samples[-1] / 1024:7.1f} MiB")
+            elapsed = time.monotonic() - t0
+            try:
+                done = await asyncio.wait_for(progress(), 10)
+            except Exception as exc:
+                done = f"progress unknown ({type(exc).__name__})"
+            say(f"  {label} {elapsed:5.0f} s  RSS {samples[-1] / 1024:7.1f} MiB  {done}")
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -150,7 +186,11 @@ async def backlog(brokers: list[str], kafka_count: int, rabbit_count: int, secon
                 "bindings": {"slow-in-0": {"destination": topic, "group": "backlog"}},
             },
         }
-        ok &= await watch(spec, logs / "kafka", seconds, "kafka")
+
+        async def kafka_progress() -> str:
+            return f"handled {await kafka_handled(bootstrap, topic)} of {kafka_count}"
+
+        ok &= await watch(spec, logs / "kafka", seconds, "kafka", kafka_progress)
     if "rabbit" in brokers:
         exchange = f"chaos-backlog-{run_id}"
         say(
@@ -158,7 +198,8 @@ async def backlog(brokers: list[str], kafka_count: int, rabbit_count: int, secon
             "(fewer than on Kafka: publishing 1,000,000 persistent messages takes too long here)"
         )
         url = os.environ["STREAMLIB_TEST_RABBIT"]
-        await fill_rabbit(url, exchange, f"{exchange}.backlog", rabbit_count)
+        queue = f"{exchange}.backlog"
+        await fill_rabbit(url, exchange, queue, rabbit_count)
         spec = {
             "handler_ms": 1,
             "streamlib": {
@@ -166,5 +207,9 @@ async def backlog(brokers: list[str], kafka_count: int, rabbit_count: int, secon
                 "bindings": {"slow-in-0": {"destination": exchange, "group": "backlog"}},
             },
         }
-        ok &= await watch(spec, logs / "rabbit", seconds, "rabbit")
+
+        async def rabbit_progress() -> str:
+            return f"{await rabbit_waiting(url, queue)} of {rabbit_count} waiting"
+
+        ok &= await watch(spec, logs / "rabbit", seconds, "rabbit", rabbit_progress)
     return ok
