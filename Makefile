@@ -7,7 +7,7 @@ PACKAGES := streamlib binders/kafka/streamlib_kafka binders/rabbit/streamlib_rab
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not interop'"`.
 PYTEST_ARGS ?=
 
-.PHONY: install demo lint typecheck test test-unit brokers brokers-down bench clean
+.PHONY: install demo lint typecheck test test-unit brokers brokers-down bench chaos clean
 
 $(STAMP): pyproject.toml binders/kafka/pyproject.toml binders/rabbit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,18 @@ brokers-down:
 bench: install
 	$(BIN)/pip install -q -r bench/requirements.txt
 	bash tools/with-brokers.sh $(BIN)/python -m bench
+
+# The chaos run restarts brokers, so it gets a broker pair of its own (never the shared one on
+# 9092/5672), started here and stopped afterwards. Extra options: CHAOS_ARGS="--messages 5000".
+CHAOS_BROKERS := STREAMLIB_BROKERS_DIR=/tmp/streamlib-chaos-brokers \
+	STREAMLIB_KAFKA_PORT=29092 STREAMLIB_KAFKA_CONTROLLER_PORT=29093 STREAMLIB_KAFKA_PROXY_PORT=29192 \
+	STREAMLIB_RABBIT_PORT=5772 STREAMLIB_RABBIT_DIST_PORT=25772 \
+	STREAMLIB_RABBIT_NODE=streamlib-chaos@localhost
+CHAOS_ARGS ?=
+
+chaos: install
+	env -u STREAMLIB_TEST_KAFKA -u STREAMLIB_TEST_RABBIT $(CHAOS_BROKERS) \
+		bash tools/with-brokers.sh $(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache *.egg-info

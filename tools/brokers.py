@@ -13,14 +13,27 @@ Standard library only: this script runs before any virtualenv exists.
 
 Kafka: Apache Kafka (KRaft, one combined broker+controller node) from the jars on Maven Central,
 fetched once with Maven into ${STREAMLIB_CACHE:-~/.cache/streamlib}/kafka-<version>/libs.
-Listener 127.0.0.1:9092, controller 127.0.0.1:9093.
+Listener 127.0.0.1:9092, controller 127.0.0.1:9093, and a listener for clients that go through a
+TCP fault proxy: 127.0.0.1:9094, advertised as the proxy's address 127.0.0.1:19092, so a client
+that bootstraps through the proxy keeps all its connections on it.
 
 RabbitMQ: the Debian package rabbitmq-server (installed with apt-get when missing), run as our own
-node streamlib@localhost on 127.0.0.1:5672 (distribution 127.0.0.1:25672, epmd 127.0.0.1:4369),
-user guest/guest.
+node streamlib@localhost on 127.0.0.1:5672 (distribution 127.0.0.1:25672, epmd 127.0.0.1:4369,
+shared with other nodes), user guest/guest.
 
 State and data live in ${STREAMLIB_BROKERS_DIR:-/tmp/streamlib-brokers}. Only processes recorded
 in its state file are ever signalled.
+
+A second, independent pair runs beside the first with its own directory, ports and node name:
+
+    STREAMLIB_BROKERS_DIR        /tmp/streamlib-brokers   state, data and logs
+    STREAMLIB_KAFKA_PORT         9092                     Kafka listener
+    STREAMLIB_KAFKA_CONTROLLER_PORT  9093                 KRaft controller
+    STREAMLIB_KAFKA_PROXIED_PORT     Kafka port + 2       listener the fault proxy forwards to
+    STREAMLIB_KAFKA_PROXY_PORT   19092                    the proxy's port, advertised by it
+    STREAMLIB_RABBIT_PORT        5672                     AMQP
+    STREAMLIB_RABBIT_DIST_PORT   25672                    Erlang distribution
+    STREAMLIB_RABBIT_NODE        streamlib@localhost      node name (epmd tells nodes apart)
 """
 
 from __future__ import annotations
@@ -50,10 +63,28 @@ CACHE = Path(os.environ.get("STREAMLIB_CACHE", "~/.cache/streamlib")).expanduser
 STATE_FILE = BASE / "state.json"
 LOCK_FILE = BASE / ".lock"
 
+
+def env_port(name: str, default: int) -> int:
+    """A TCP port from environment variable ``name``, ``default`` when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SystemExit(f"brokers.py: {name}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise SystemExit(f"brokers.py: {name}={port} is not a port number (1-65535)")
+    return port
+
+
 HOST = "127.0.0.1"
-KAFKA_PORT = 9092
-KAFKA_CONTROLLER_PORT = 9093
+KAFKA_PORT = env_port("STREAMLIB_KAFKA_PORT", 9092)
+KAFKA_CONTROLLER_PORT = env_port("STREAMLIB_KAFKA_CONTROLLER_PORT", 9093)
+KAFKA_PROXIED_PORT = env_port("STREAMLIB_KAFKA_PROXIED_PORT", KAFKA_PORT + 2)
+KAFKA_PROXY_PORT = env_port("STREAMLIB_KAFKA_PROXY_PORT", 19092)
 KAFKA_BOOTSTRAP = f"{HOST}:{KAFKA_PORT}"
+KAFKA_PROXIED = f"{HOST}:{KAFKA_PROXY_PORT}"
 KAFKA_VERSIONS = (
     [os.environ["STREAMLIB_KAFKA_VERSION"]]
     if os.environ.get("STREAMLIB_KAFKA_VERSION")
@@ -66,10 +97,10 @@ KAFKA_JVM_OPTS = os.environ.get(
     " -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true",
 ).split()
 
-RABBIT_PORT = 5672
-RABBIT_DIST_PORT = 25672
+RABBIT_PORT = env_port("STREAMLIB_RABBIT_PORT", 5672)
+RABBIT_DIST_PORT = env_port("STREAMLIB_RABBIT_DIST_PORT", 25672)
 EPMD_PORT = 4369
-RABBIT_NODE = "streamlib@localhost"
+RABBIT_NODE = os.environ.get("STREAMLIB_RABBIT_NODE", "").strip() or "streamlib@localhost"
 RABBIT_URL = f"amqp://guest:guest@{HOST}:{RABBIT_PORT}/"
 RABBIT_LIB_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -487,11 +518,14 @@ def write_kafka_config(home: Path) -> Path:
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={HOST}:{KAFKA_CONTROLLER_PORT}
-listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT}
+listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT},\
+PROXIED://{HOST}:{KAFKA_PROXIED_PORT}
+# Clients that bootstrap through a fault proxy on {KAFKA_PROXIED} connect to PROXIED and are
+# told to reach the broker at the proxy's address, so all their traffic stays on the proxy.
+advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},PROXIED://{KAFKA_PROXIED}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
 log.dirs={data}
 num.partitions=1
 default.replication.factor=1
@@ -559,6 +593,11 @@ def start_kafka(state: dict[str, Any]) -> None:
             f"kafka: port {KAFKA_PORT} or {KAFKA_CONTROLLER_PORT} on {HOST} "
             "is taken by another process"
         )
+    if port_open(KAFKA_PROXIED_PORT):
+        raise BrokerError(
+            f"kafka: port {KAFKA_PROXIED_PORT} on {HOST} (the proxied listener, "
+            "STREAMLIB_KAFKA_PROXIED_PORT) is taken by another process"
+        )
     java = java_bin()
     version, libs = kafka_libs()
     if entry.get("version") and entry["version"] != version and (home / "data").exists():
@@ -582,6 +621,7 @@ def start_kafka(state: dict[str, Any]) -> None:
         "pid": proc.pid,
         "version": version,
         "bootstrap": KAFKA_BOOTSTRAP,
+        "proxied": KAFKA_PROXIED,
         "started_at": time.time(),
     }
     save_state(state)
@@ -683,6 +723,21 @@ def start_epmd(state: dict[str, Any]) -> None:
         time.sleep(0.05)
 
 
+def epmd_names() -> list[str] | None:
+    """Names of the Erlang nodes registered with epmd (NAMES_REQ), or None when it is down."""
+    try:
+        with socket.create_connection((HOST, EPMD_PORT), timeout=2) as sock:
+            sock.sendall(struct.pack(">HB", 1, 110))
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+    except OSError:
+        return None
+    # A 4-byte port number, then one "name <node> at port <port>" line per node.
+    lines = data[4:].decode(errors="replace").splitlines()
+    return [line.split()[1] for line in lines if line.startswith("name ")]
+
+
 def start_rabbit(state: dict[str, Any]) -> None:
     home = rabbit_home()
     entry = state.get("rabbit") or {}
@@ -777,8 +832,13 @@ def cmd_down() -> None:
                 stop_broker(state, broker)
         epmd_pid = state.get("epmd", {}).get("pid")
         if epmd_pid and pid_alive(epmd_pid, "epmd"):
-            terminate(epmd_pid, "epmd", timeout=5)
-            say(f"epmd: stopped pid {epmd_pid}")
+            # Another node (a second broker pair) may still be registered with our epmd.
+            others = epmd_names() or []
+            if others:
+                say(f"epmd: left running (pid {epmd_pid}) for nodes {', '.join(others)}")
+            else:
+                terminate(epmd_pid, "epmd", timeout=5)
+                say(f"epmd: stopped pid {epmd_pid}")
         for sub in ("kafka", "rabbit"):
             shutil.rmtree(BASE / sub, ignore_errors=True)
         STATE_FILE.unlink(missing_ok=True)
@@ -818,6 +878,8 @@ def cmd_status() -> int:
             paused = " PAUSED" if stat and stat[0] == "T" else ""
             extra = f" {entry.get('version')}" if broker == "kafka" else f" node {RABBIT_NODE}"
             health = "answers" if answers else "NOT answering"
+            if broker == "kafka" and port_open(KAFKA_PROXIED_PORT):
+                health += f" (proxied: {HOST}:{KAFKA_PROXIED_PORT} as {KAFKA_PROXIED})"
             say(f"{broker}: running{paused} pid {pid}{extra}, {HOST}:{port} {health}")
             down += 0 if answers and not paused else 1
         elif answers:
@@ -829,11 +891,29 @@ def cmd_status() -> int:
     return 3 if down else 0
 
 
+LAUNCHER_SETTINGS = (
+    "STREAMLIB_BROKERS_DIR",
+    "STREAMLIB_KAFKA_PORT",
+    "STREAMLIB_KAFKA_CONTROLLER_PORT",
+    "STREAMLIB_KAFKA_PROXIED_PORT",
+    "STREAMLIB_KAFKA_PROXY_PORT",
+    "STREAMLIB_RABBIT_PORT",
+    "STREAMLIB_RABBIT_DIST_PORT",
+    "STREAMLIB_RABBIT_NODE",
+)
+
+
 def cmd_env() -> None:
     say(f"export STREAMLIB_TEST_KAFKA={KAFKA_BOOTSTRAP}")
+    say(f"export STREAMLIB_TEST_KAFKA_PROXIED={KAFKA_PROXIED}")
+    say(f"export STREAMLIB_TEST_KAFKA_PROXIED_TARGET={HOST}:{KAFKA_PROXIED_PORT}")
     say(f"export STREAMLIB_TEST_RABBIT={RABBIT_URL}")
     say(f"export STREAMLIB_TEST_RABBIT_NODE={RABBIT_NODE}")
     say(f"export STREAMLIB_BROKERS_TOOL={Path(__file__).resolve()}")
+    # A second pair: commands run with these variables (broker_ctl, rabbitmqctl) reach it too.
+    for name in LAUNCHER_SETTINGS:
+        if os.environ.get(name, "").strip():
+            say(f"export {name}={os.environ[name].strip()}")
 
 
 def cmd_rabbitmqctl(args: list[str]) -> int:
