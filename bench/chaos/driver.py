@@ -17,9 +17,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.faults.proxy import FaultProxy
+
 from .checker import Arrival, Fault, Observed, Verdict, judge
 from .fleet import Fleet
-from .proxy import FaultProxy
 from .sides import Side
 from .workload import Workload
 
@@ -57,7 +58,7 @@ class Run:
         self.workload = workload
         self.opts = opts
         self.rnd = random.Random(f"{opts.seed}-{side.name}")
-        self.proxy = FaultProxy(proxy_port, *side.upstream)
+        self.proxy = FaultProxy(*side.upstream, port=proxy_port)
         self.logs = opts.logs / workload.run_id / side.name
         self.arrivals: list[Arrival] = []
         self.faults: list[Fault] = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -24,18 +25,24 @@ CHUNK = 65_536
 
 
 class FaultProxy:
-    """Listens on ``host`` (a free port) and forwards each connection to ``target``."""
+    """Listens on ``host``:``port`` (a free port by default) and forwards each connection to
+    ``target``."""
 
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_host: str, target_port: int, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.target = (target_host, target_port)
         self.host = host
-        self.port = 0
+        self.port = port
         self.latency = 0.0
         """Seconds each chunk is held before it is forwarded (both directions)."""
         self.blackhole = False
         """While true, bytes read from either side are dropped instead of forwarded."""
         self.accepted = 0
         """Connections accepted since start (a reconnecting client shows here)."""
+        self.cuts = 0
+        """How often ``cut()`` was called."""
+        self._refuse_until = 0.0
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -44,14 +51,27 @@ class FaultProxy:
     def open_connections(self) -> int:
         return len(self._links)
 
+    @property
+    def address(self) -> str:
+        """``host:port`` to give clients."""
+        return f"{self.host}:{self.port}"
+
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self.start()
         return self
 
     async def __aexit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
         self.cut()
@@ -62,11 +82,14 @@ class FaultProxy:
             await self._server.wait_closed()
             self._server = None
 
-    def cut(self) -> int:
+    def cut(self, outage: float = 0.0) -> int:
         """Close every open connection, client and broker side at once; return how many.
 
-        The proxy keeps listening: clients that reconnect get a fresh link.
+        The proxy keeps listening; connections made in the next ``outage`` seconds are closed
+        at once (a link that stays down for a while), later ones get a fresh link.
         """
+        self.cuts += 1
+        self._refuse_until = time.monotonic() + outage
         links, self._links = self._links, set()
         for client, upstream in links:
             client.transport.abort()
@@ -75,6 +98,9 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if time.monotonic() < self._refuse_until:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
