@@ -30,6 +30,11 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_BINDER_TYPE = "memory"
 
+# Shares of shutdown-timeout by which stop's steps must be done: handlers get the first four
+# fifths, the rest is kept for flushing producers and closing binders.
+DRAIN_SHARE = 0.8
+FLUSH_SHARE = 0.9
+
 
 class StreamApp:
     """A service's message handlers and how they are bound.
@@ -294,36 +299,44 @@ class StreamApp:
             await asyncio.sleep(handler.interval)
 
     async def stop(self) -> None:
-        """Drain consumers (in-flight messages finish and are acked), stop sources, flush
-        producers, close binders — each bounded by ``shutdown-timeout``."""
+        """Stop sources, drain consumers (in-flight messages finish and are acked), flush
+        producers, close binders: all of it within ``shutdown-timeout``.
+
+        Handlers get up to four fifths of the timeout to finish; those still running then are
+        interrupted (their messages are redelivered), so that producers and binders are always
+        closed — also when the task calling ``stop`` is cancelled, which is re-raised after.
+        """
         if not self._running:
             return
         timeout = self.config.shutdown_timeout
+        start = asyncio.get_running_loop().time()
+        cancelled: asyncio.CancelledError | None = None
         try:
-            await self._bounded(
-                asyncio.gather(
-                    *(b.unbind() for b in self._bindings.values()), return_exceptions=True
-                ),
-                timeout,
-                "draining consumers",
-            )
             for task in self._sources:
                 task.cancel()
-            await asyncio.gather(*self._sources, return_exceptions=True)
-            await self._bounded(
-                asyncio.gather(
-                    *(o.producer.aclose() for o in self._outputs.values()), return_exceptions=True
-                ),
-                timeout,
+            cancelled = await self._phase(
+                "stopping sources", self._sources, start + timeout * DRAIN_SHARE, timeout
+            )
+            if cancelled is None:
+                cancelled = await self._phase(
+                    "draining consumers",
+                    [b.unbind() for b in self._bindings.values()],
+                    start + timeout * DRAIN_SHARE,
+                    timeout,
+                )
+            flushed = await self._phase(
                 "flushing producers",
-            )
-            await self._bounded(
-                asyncio.gather(
-                    *(b.aclose() for b in self._binders.values()), return_exceptions=True
-                ),
+                [o.producer.aclose() for o in self._outputs.values()],
+                start + timeout * FLUSH_SHARE,
                 timeout,
-                "closing binders",
             )
+            closed = await self._phase(
+                "closing binders",
+                [b.aclose() for b in self._binders.values()],
+                start + timeout,
+                timeout,
+            )
+            cancelled = cancelled or flushed or closed
         finally:
             self._bindings.clear()
             self._dispatchers.clear()
@@ -331,17 +344,36 @@ class StreamApp:
             self._sources.clear()
             self._binders.clear()
             self._running = False
+        if cancelled is not None:
+            raise cancelled
 
     @staticmethod
-    async def _bounded(aw: Awaitable[list[Any]], limit: float, what: str) -> None:
+    async def _phase(
+        what: str, calls: Collection[Awaitable[Any]], until: float, timeout: float
+    ) -> asyncio.CancelledError | None:
+        """Run one step of ``stop`` until ``until`` (loop time); a cancellation is returned so
+        that the remaining steps still run."""
+        if not calls:
+            return None
+        remaining = max(until - asyncio.get_running_loop().time(), 0.0)
         try:
-            results = await asyncio.wait_for(aw, limit)
+            results = await asyncio.wait_for(
+                asyncio.gather(*calls, return_exceptions=True), remaining
+            )
         except TimeoutError:
-            log.error("%s took longer than shutdown-timeout (%.3gs); giving up", what, limit)
-            return
+            log.error(
+                "%s did not finish within its share of shutdown-timeout (%.3gs); interrupted",
+                what,
+                timeout,
+            )
+            return None
+        except asyncio.CancelledError as exc:
+            log.warning("stop was cancelled while %s; closing what remains", what)
+            return exc
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("%s failed: %r", what, result, exc_info=result)
+        return None
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[StreamApp]:

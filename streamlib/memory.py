@@ -195,15 +195,22 @@ class MemoryBinding:
             self._broker.publish(dlq, dead)
 
     async def stop(self) -> None:
-        """Stop taking messages, let in-flight handlers finish, then end the workers."""
+        """Stop taking messages, let in-flight handlers finish, then end the workers.
+
+        Cancelled while handlers run, it interrupts them; their messages are redelivered.
+        """
         if not self._tasks:
             return
         self._stopping = True
-        await self._idle.wait()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        try:
+            await self._idle.wait()
+        finally:
+            # Also when the wait is cancelled (a stop past its timeout): interrupted handlers
+            # put their message back, so nothing is lost.
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def pause(self) -> None:
         self._running.clear()
