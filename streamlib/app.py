@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
 from ._outputs import Output
+from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
 from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
 from .converters import PayloadDecoder
@@ -52,8 +53,8 @@ class StreamApp:
         self._config: StreamConfig | None = None
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, Output] = {}
-        self._bindings: dict[str, Binding] = {}
-        self._sources: list[asyncio.Task[None]] = []
+        self._bindings: dict[str, ManagedBinding] = {}
+        self._supervisor = Supervisor()
         self._output_lock = asyncio.Lock()
         self._running = False
         self._binding_defaults: dict[str, dict[str, Any]] = {}
@@ -139,11 +140,29 @@ class StreamApp:
         return self._bindings[name]
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "up" if self._running else "down",
-            "binders": {name: dict(b.health()) for name, b in self._binders.items()},
-            "bindings": {name: b.is_running for name, b in self._bindings.items()},
+        """``status`` (``up`` while the app runs, no task of it died and no binding is
+        ``down``), each binder's own report, each consumer binding's state (``running``,
+        ``paused``, ``stopped`` or ``down``: not running though nobody stopped it), each
+        source's state (``running`` or ``down``) and why the app's dead tasks died."""
+        bindings = {name: b.state for name, b in self._bindings.items()}
+        failures = self._supervisor.reasons()
+        sources = {
+            h.name: DOWN if f"source {h.name}" in failures else "running"
+            for h in self._handlers.values()
+            if h.kind is Kind.SOURCE and self._running
         }
+        up = self._running and not failures and DOWN not in bindings.values()
+        return {
+            "status": "up" if up else "down",
+            "binders": {name: dict(b.health()) for name, b in self._binders.items()},
+            "bindings": bindings,
+            "sources": sources,
+            "failures": dict(failures),
+        }
+
+    async def wait_failed(self) -> None:
+        """Wait until a task the app owns (a source) died; ``health()`` says which and why."""
+        await self._supervisor.wait_failed()
 
     # -- binders -------------------------------------------------------------------------
 
@@ -247,6 +266,7 @@ class StreamApp:
             return
         self._config = self._load_config()
         props = self._validate()
+        self._supervisor.reset()
         self._running = True
         try:
             for handler in self._handlers.values():
@@ -274,12 +294,11 @@ class StreamApp:
                 )
                 binder = self._binder(name, p)
                 dispatcher = self._dispatchers[name] = self._dispatcher(handler, name, p)
-                self._bindings[name] = await binder.bind_consumer(spec, dispatcher)
+                binding = await binder.bind_consumer(spec, dispatcher)
+                self._bindings[name] = ManagedBinding(binding, consumer.auto_startup)
             for handler in self._handlers.values():
                 if handler.kind is Kind.SOURCE:
-                    self._sources.append(
-                        asyncio.create_task(self._poll(handler), name=handler.name)
-                    )
+                    self._supervisor.spawn(f"source {handler.name}", self._poll(handler))
         except BaseException:
             await self.stop()
             raise
@@ -312,10 +331,11 @@ class StreamApp:
         start = asyncio.get_running_loop().time()
         cancelled: asyncio.CancelledError | None = None
         try:
-            for task in self._sources:
+            sources = list(self._supervisor.tasks.values())
+            for task in sources:
                 task.cancel()
             cancelled = await self._phase(
-                "stopping sources", self._sources, start + timeout * DRAIN_SHARE, timeout
+                "stopping sources", sources, start + timeout * DRAIN_SHARE, timeout
             )
             if cancelled is None:
                 cancelled = await self._phase(
@@ -341,7 +361,7 @@ class StreamApp:
             self._bindings.clear()
             self._dispatchers.clear()
             self._outputs.clear()
-            self._sources.clear()
+            self._supervisor.tasks.clear()
             self._binders.clear()
             self._running = False
         if cancelled is not None:
@@ -377,12 +397,17 @@ class StreamApp:
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[StreamApp]:
-        """Start every binding; leaving the block drains and stops them."""
+        """Start every binding; leaving the block drains and stops them.
+
+        Raises StreamlibError on leaving when a task of the app (a source) died meanwhile.
+        """
         await self.start()
         try:
             yield self
         finally:
             await self.stop()
+        for what, exc in self._supervisor.failures.items():
+            raise StreamlibError(f"{what} died: {type(exc).__name__}: {exc}") from exc
 
     # -- live configuration ----------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class MemoryBinding:
 
     @property
     def is_running(self) -> bool:
-        return bool(self._tasks) and not self._stopping
+        return bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
 
     async def start(self) -> None:
         if self._tasks:
@@ -170,8 +170,15 @@ class MemoryBinding:
             self._idle.clear()
             try:
                 await self._handle(envelope)
-            except BaseException:
+            except BaseException as exc:
                 queue.requeue(envelope)  # interrupted: redeliver, at-least-once
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.critical(
+                        "binding %s: worker on %s died; the binding is down",
+                        self.name,
+                        queue.name,
+                        exc_info=exc,
+                    )
                 raise
             finally:
                 self._busy -= 1

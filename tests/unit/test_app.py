@@ -115,6 +115,6 @@ async def test_health_reports_bindings() -> None:
     async with app.run():
         health = app.health()
     assert health["status"] == "up"
-    assert health["bindings"] == {"take-in-0": True}
+    assert health["bindings"] == {"take-in-0": "running"}
     assert app.health()["status"] == "down"
     await asyncio.sleep(0)

@@ -83,6 +83,19 @@ def test_run_exits_after_shutdown_timeout_when_a_sync_handler_never_returns(
     assert "stopped" in output
 
 
+def test_run_exits_2_when_a_source_dies() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamlib", "run", "cli_dying_app:app"],
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "CRITICAL streamlib.app: source boom died: Fatal: the source gave up" in proc.stderr
+    assert "ERROR streamlib.cli: source boom died: Fatal: the source gave up" in proc.stderr
+
+
 def test_run_reports_a_target_that_is_not_an_app() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "streamlib", "run", "os:path"],
