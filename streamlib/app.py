@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
-from ._outputs import Output
+from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender
 from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
 from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
@@ -53,9 +53,9 @@ class StreamApp:
         self._config: StreamConfig | None = None
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, Output] = {}
+        self._dynamic = DynamicOutputs(self._bind_dynamic, 1)
         self._bindings: dict[str, ManagedBinding] = {}
         self._supervisor = Supervisor()
-        self._output_lock = asyncio.Lock()
         self._running = False
         self._binding_defaults: dict[str, dict[str, Any]] = {}
         self._live = LiveConfig(lambda: self.config)
@@ -225,17 +225,33 @@ class StreamApp:
         spec = ProducerSpec(name, props.destination or name, props.producer)
         return Output(name, props, await binder.bind_producer(spec))
 
-    async def output(self, destination: str) -> Output:
-        """The output for a binding name or destination, bound on first use and cached."""
+    async def _bind_dynamic(self, destination: str) -> Output:
+        return await self._output(destination, self.config.binding(destination))
+
+    async def output(self, destination: str) -> Sender:
+        """The output for a binding name or destination, bound now if it is not.
+
+        A handler's own output binding stays bound while the app runs; other destinations
+        share a cache of ``dynamic-destination-cache-size`` bound producers (least recently
+        used closed first), and sending through the returned handle binds it again if needed.
+        """
         out = self._outputs.get(destination)
         if out is not None:
             return out
-        async with self._output_lock:
-            out = self._outputs.get(destination)
-            if out is None:
-                out = await self._output(destination, self.config.binding(destination))
-                self._outputs[destination] = out
-        return out
+        await self._dynamic.bind(destination)
+        return DynamicOutput(self._dynamic, destination)
+
+    async def _send(
+        self,
+        destination: str,
+        payload: Any,
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        out = self._outputs.get(destination)
+        if out is not None:
+            return await out.send(payload, key, headers)
+        return await self._dynamic.send(destination, payload, key, headers)
 
     def _dispatcher(
         self, handler: Handler, name: str, props: BindingProperties
@@ -247,7 +263,7 @@ class StreamApp:
 
             async def emit(result: Any) -> Awaitable[None] | None:
                 if isinstance(result, Message) and result.destination:
-                    return await (await self.output(result.destination)).send(result)
+                    return await self._send(result.destination, result)
                 return await self._outputs[out_name].send(result)
 
         return HandlerDispatcher(
@@ -267,6 +283,9 @@ class StreamApp:
         self._config = self._load_config()
         props = self._validate()
         self._supervisor.reset()
+        self._dynamic = DynamicOutputs(
+            self._bind_dynamic, self.config.dynamic_destination_cache_size
+        )
         self._running = True
         try:
             for handler in self._handlers.values():
@@ -346,7 +365,13 @@ class StreamApp:
                 )
             flushed = await self._phase(
                 "flushing producers",
-                [o.producer.aclose() for o in self._outputs.values()],
+                [
+                    p.aclose()
+                    for p in [
+                        *(o.producer for o in self._outputs.values()),
+                        *self._dynamic.take_producers(),
+                    ]
+                ],
                 start + timeout * FLUSH_SHARE,
                 timeout,
             )
@@ -467,5 +492,5 @@ class StreamApp:
         Like Spring's StreamBridge: an output binding is created on first use, with the
         settings of ``bindings.<destination>`` if configured.
         """
-        confirm = await (await self.output(destination)).send(payload, key, headers)
+        confirm = await self._send(destination, payload, key, headers)
         await confirm

@@ -49,12 +49,15 @@ class TrackingBinder(MemoryBinder):
     def __init__(self, settings: Mapping[str, Any], context: BinderContext) -> None:
         super().__init__(settings, context)
         self.producers: list[TrackingProducer] = []
+        self.most_open: dict[str, int] = {}
         self.closed = False
         TrackingBinder.instances.append(self)
 
     async def bind_producer(self, spec: ProducerSpec) -> TrackingProducer:
         producer = TrackingProducer(self, spec)
         self.producers.append(producer)
+        open_now = len(self.open_producers())
+        self.most_open["all"] = max(self.most_open.get("all", 0), open_now)
         return producer
 
     def open_producers(self) -> list[TrackingProducer]:
