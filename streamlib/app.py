@@ -401,10 +401,12 @@ class StreamApp:
         if not calls:
             return None
         remaining = max(until - asyncio.get_running_loop().time(), 0.0)
+        gathered = asyncio.gather(*calls, return_exceptions=True)
+        # An interrupted gather ends with its CancelledError set; read it so that it is not
+        # reported as never retrieved.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*calls, return_exceptions=True), remaining
-            )
+            results = await asyncio.wait_for(gathered, remaining)
         except TimeoutError:
             log.error(
                 "%s did not finish within its share of shutdown-timeout (%.3gs); interrupted",
