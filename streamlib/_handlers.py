@@ -10,8 +10,7 @@ from enum import Enum
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
-
+from ._threads import run_sync
 from .errors import ConfigError
 from .messages import Message
 
@@ -58,13 +57,16 @@ def _payload_type(fn: Callable[..., Any], kind: Kind) -> tuple[Any, bool]:
     return hint, False
 
 
-def _awaitable_call(fn: Callable[..., Any], takes_arg: bool) -> Callable[[Any], Awaitable[Any]]:
+def _awaitable_call(
+    fn: Callable[..., Any], name: str, takes_arg: bool
+) -> Callable[[Any], Awaitable[Any]]:
     if inspect.iscoroutinefunction(fn):
         return fn if takes_arg else (lambda _: fn())
+    what = f"handler {name}"
     if takes_arg:
         # Synchronous handlers run in a worker thread so they never block the event loop.
-        return lambda arg: anyio.to_thread.run_sync(partial(fn, arg))
-    return lambda _: anyio.to_thread.run_sync(fn)
+        return lambda arg: run_sync(partial(fn, arg), what)
+    return lambda _: run_sync(fn, what)
 
 
 def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = None) -> Handler:
@@ -77,6 +79,6 @@ def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = No
             for p in inspect.signature(fn).parameters.values()
         ):
             raise ConfigError("", f"source {fn.__qualname__} must take no arguments")
-        return Handler(kind, name, _awaitable_call(fn, False), None, False, interval)
+        return Handler(kind, name, _awaitable_call(fn, name, False), None, False, interval)
     payload_type, wants_message = _payload_type(fn, kind)
-    return Handler(kind, name, _awaitable_call(fn, True), payload_type, wants_message)
+    return Handler(kind, name, _awaitable_call(fn, name, True), payload_type, wants_message)

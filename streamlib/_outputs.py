@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -14,6 +17,8 @@ from .converters import encode
 from .errors import ConfigError, MessageConversionError
 from .messages import CONTENT_TYPE, Envelope, Message
 from .partitioning import PartitionSelector, default_partition_selector, select_partition
+
+log = logging.getLogger("streamlib.app")
 
 KeyExtractor = Callable[[Any, Mapping[str, Any], Any], Any]
 
@@ -123,3 +128,117 @@ class Output:
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> Awaitable[None]:
         return await self.producer.send(self.envelope(payload, key, headers))
+
+
+class _Cached:
+    __slots__ = ("evicted", "output", "users")
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.users = 0
+        self.evicted = False
+
+
+class DynamicOutputs:
+    """Outputs bound on first use for destinations that are no handler's output binding
+    (``app.send``, a returned ``Message`` with a destination), like Spring's StreamBridge.
+
+    At most ``size`` stay bound: binding one more first evicts the least recently used,
+    whose producer is closed (which waits for its unconfirmed messages) once no send is
+    using it. An evicted destination is bound again when it is next used.
+    """
+
+    def __init__(self, bind: Callable[[str], Awaitable[Output]], size: int) -> None:
+        self._bind = bind
+        self._size = size
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._evicted: set[_Cached] = set()  # evicted, not closed yet: a send still uses them
+        self._lock = asyncio.Lock()
+
+    async def send(
+        self,
+        destination: str,
+        payload: Any,
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        """Send through the output of ``destination`` (bound if needed); the confirmation."""
+        entry = await self._acquire(destination)
+        try:
+            return await entry.output.send(payload, key, headers)
+        finally:
+            await self._release(entry)
+
+    async def bind(self, destination: str) -> None:
+        """Bind ``destination`` now if it is not (to provision it before the first send)."""
+        await self._release(await self._acquire(destination))
+
+    async def _acquire(self, destination: str) -> _Cached:
+        entry = self._cache.get(destination)
+        if entry is None:
+            evicted: list[_Cached] = []
+            async with self._lock:
+                entry = self._cache.get(destination)
+                if entry is None:
+                    while len(self._cache) >= self._size:
+                        _, old = self._cache.popitem(last=False)
+                        old.evicted = True
+                        self._evicted.add(old)
+                        evicted.append(old)
+                    await asyncio.gather(*(self._close_if_unused(old) for old in evicted))
+                    entry = self._cache[destination] = _Cached(await self._bind(destination))
+        self._cache.move_to_end(destination)
+        entry.users += 1
+        return entry
+
+    async def _release(self, entry: _Cached) -> None:
+        entry.users -= 1
+        await self._close_if_unused(entry)
+
+    async def _close_if_unused(self, entry: _Cached) -> None:
+        if entry.evicted and entry.users == 0:
+            entry.users = -1  # closed: never again
+            self._evicted.discard(entry)
+            try:
+                await entry.output.producer.aclose()
+            except Exception:
+                log.exception("closing the evicted output %s failed", entry.output.name)
+
+    def take_producers(self) -> list[Producer]:
+        """Every producer still open, handed over to be closed (at stop); the cache is empty
+        after."""
+        entries = [*self._cache.values(), *self._evicted]
+        self._cache.clear()
+        self._evicted.clear()
+        for entry in entries:
+            entry.evicted, entry.users = True, -1
+        return [entry.output.producer for entry in entries]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+class Sender(Protocol):
+    """What ``app.output()`` gives: a destination to send to."""
+
+    @property
+    def destination(self) -> str: ...
+
+    async def send(
+        self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> Awaitable[None]:
+        """Hand the message over; awaiting the result waits for the broker's confirmation."""
+        ...
+
+
+class DynamicOutput:
+    """A destination in the app's ``DynamicOutputs``: each send binds it again if evicted."""
+
+    def __init__(self, outputs: DynamicOutputs, destination: str) -> None:
+        self._outputs = outputs
+        self.destination = destination
+
+    async def send(
+        self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> Awaitable[None]:
+        return await self._outputs.send(self.destination, payload, key, headers)

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
-from ._outputs import Output
+from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender
+from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
 from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
 from .converters import PayloadDecoder
@@ -29,6 +30,11 @@ L = TypeVar("L", bound=RefreshListener)
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_BINDER_TYPE = "memory"
+
+# Shares of shutdown-timeout by which stop's steps must be done: handlers get the first four
+# fifths, the rest is kept for flushing producers and closing binders.
+DRAIN_SHARE = 0.8
+FLUSH_SHARE = 0.9
 
 
 class StreamApp:
@@ -47,9 +53,9 @@ class StreamApp:
         self._config: StreamConfig | None = None
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, Output] = {}
-        self._bindings: dict[str, Binding] = {}
-        self._sources: list[asyncio.Task[None]] = []
-        self._output_lock = asyncio.Lock()
+        self._dynamic = DynamicOutputs(self._bind_dynamic, 1)
+        self._bindings: dict[str, ManagedBinding] = {}
+        self._supervisor = Supervisor()
         self._running = False
         self._binding_defaults: dict[str, dict[str, Any]] = {}
         self._live = LiveConfig(lambda: self.config)
@@ -134,11 +140,29 @@ class StreamApp:
         return self._bindings[name]
 
     def health(self) -> dict[str, Any]:
-        return {
-            "status": "up" if self._running else "down",
-            "binders": {name: dict(b.health()) for name, b in self._binders.items()},
-            "bindings": {name: b.is_running for name, b in self._bindings.items()},
+        """``status`` (``up`` while the app runs, no task of it died and no binding is
+        ``down``), each binder's own report, each consumer binding's state (``running``,
+        ``paused``, ``stopped`` or ``down``: not running though nobody stopped it), each
+        source's state (``running`` or ``down``) and why the app's dead tasks died."""
+        bindings = {name: b.state for name, b in self._bindings.items()}
+        failures = self._supervisor.reasons()
+        sources = {
+            h.name: DOWN if f"source {h.name}" in failures else "running"
+            for h in self._handlers.values()
+            if h.kind is Kind.SOURCE and self._running
         }
+        up = self._running and not failures and DOWN not in bindings.values()
+        return {
+            "status": "up" if up else "down",
+            "binders": {name: dict(b.health()) for name, b in self._binders.items()},
+            "bindings": bindings,
+            "sources": sources,
+            "failures": dict(failures),
+        }
+
+    async def wait_failed(self) -> None:
+        """Wait until a task the app owns (a source) died; ``health()`` says which and why."""
+        await self._supervisor.wait_failed()
 
     # -- binders -------------------------------------------------------------------------
 
@@ -201,17 +225,33 @@ class StreamApp:
         spec = ProducerSpec(name, props.destination or name, props.producer)
         return Output(name, props, await binder.bind_producer(spec))
 
-    async def output(self, destination: str) -> Output:
-        """The output for a binding name or destination, bound on first use and cached."""
+    async def _bind_dynamic(self, destination: str) -> Output:
+        return await self._output(destination, self.config.binding(destination))
+
+    async def output(self, destination: str) -> Sender:
+        """The output for a binding name or destination, bound now if it is not.
+
+        A handler's own output binding stays bound while the app runs; other destinations
+        share a cache of ``dynamic-destination-cache-size`` bound producers (least recently
+        used closed first), and sending through the returned handle binds it again if needed.
+        """
         out = self._outputs.get(destination)
         if out is not None:
             return out
-        async with self._output_lock:
-            out = self._outputs.get(destination)
-            if out is None:
-                out = await self._output(destination, self.config.binding(destination))
-                self._outputs[destination] = out
-        return out
+        await self._dynamic.bind(destination)
+        return DynamicOutput(self._dynamic, destination)
+
+    async def _send(
+        self,
+        destination: str,
+        payload: Any,
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        out = self._outputs.get(destination)
+        if out is not None:
+            return await out.send(payload, key, headers)
+        return await self._dynamic.send(destination, payload, key, headers)
 
     def _dispatcher(
         self, handler: Handler, name: str, props: BindingProperties
@@ -223,7 +263,7 @@ class StreamApp:
 
             async def emit(result: Any) -> Awaitable[None] | None:
                 if isinstance(result, Message) and result.destination:
-                    return await (await self.output(result.destination)).send(result)
+                    return await self._send(result.destination, result)
                 return await self._outputs[out_name].send(result)
 
         return HandlerDispatcher(
@@ -242,6 +282,10 @@ class StreamApp:
             return
         self._config = self._load_config()
         props = self._validate()
+        self._supervisor.reset()
+        self._dynamic = DynamicOutputs(
+            self._bind_dynamic, self.config.dynamic_destination_cache_size
+        )
         self._running = True
         try:
             for handler in self._handlers.values():
@@ -269,12 +313,11 @@ class StreamApp:
                 )
                 binder = self._binder(name, p)
                 dispatcher = self._dispatchers[name] = self._dispatcher(handler, name, p)
-                self._bindings[name] = await binder.bind_consumer(spec, dispatcher)
+                binding = await binder.bind_consumer(spec, dispatcher)
+                self._bindings[name] = ManagedBinding(binding, consumer.auto_startup)
             for handler in self._handlers.values():
                 if handler.kind is Kind.SOURCE:
-                    self._sources.append(
-                        asyncio.create_task(self._poll(handler), name=handler.name)
-                    )
+                    self._supervisor.spawn(f"source {handler.name}", self._poll(handler))
         except BaseException:
             await self.stop()
             raise
@@ -294,63 +337,104 @@ class StreamApp:
             await asyncio.sleep(handler.interval)
 
     async def stop(self) -> None:
-        """Drain consumers (in-flight messages finish and are acked), stop sources, flush
-        producers, close binders — each bounded by ``shutdown-timeout``."""
+        """Stop sources, drain consumers (in-flight messages finish and are acked), flush
+        producers, close binders: all of it within ``shutdown-timeout``.
+
+        Handlers get up to four fifths of the timeout to finish; those still running then are
+        interrupted (their messages are redelivered), so that producers and binders are always
+        closed — also when the task calling ``stop`` is cancelled, which is re-raised after.
+        """
         if not self._running:
             return
         timeout = self.config.shutdown_timeout
+        start = asyncio.get_running_loop().time()
+        cancelled: asyncio.CancelledError | None = None
         try:
-            await self._bounded(
-                asyncio.gather(
-                    *(b.unbind() for b in self._bindings.values()), return_exceptions=True
-                ),
-                timeout,
-                "draining consumers",
-            )
-            for task in self._sources:
+            sources = list(self._supervisor.tasks.values())
+            for task in sources:
                 task.cancel()
-            await asyncio.gather(*self._sources, return_exceptions=True)
-            await self._bounded(
-                asyncio.gather(
-                    *(o.producer.aclose() for o in self._outputs.values()), return_exceptions=True
-                ),
-                timeout,
+            cancelled = await self._phase(
+                "stopping sources", sources, start + timeout * DRAIN_SHARE, timeout
+            )
+            if cancelled is None:
+                cancelled = await self._phase(
+                    "draining consumers",
+                    [b.unbind() for b in self._bindings.values()],
+                    start + timeout * DRAIN_SHARE,
+                    timeout,
+                )
+            flushed = await self._phase(
                 "flushing producers",
-            )
-            await self._bounded(
-                asyncio.gather(
-                    *(b.aclose() for b in self._binders.values()), return_exceptions=True
-                ),
+                [
+                    p.aclose()
+                    for p in [
+                        *(o.producer for o in self._outputs.values()),
+                        *self._dynamic.take_producers(),
+                    ]
+                ],
+                start + timeout * FLUSH_SHARE,
                 timeout,
-                "closing binders",
             )
+            closed = await self._phase(
+                "closing binders",
+                [b.aclose() for b in self._binders.values()],
+                start + timeout,
+                timeout,
+            )
+            cancelled = cancelled or flushed or closed
         finally:
             self._bindings.clear()
             self._dispatchers.clear()
             self._outputs.clear()
-            self._sources.clear()
+            self._supervisor.tasks.clear()
             self._binders.clear()
             self._running = False
+        if cancelled is not None:
+            raise cancelled
 
     @staticmethod
-    async def _bounded(aw: Awaitable[list[Any]], limit: float, what: str) -> None:
+    async def _phase(
+        what: str, calls: Collection[Awaitable[Any]], until: float, timeout: float
+    ) -> asyncio.CancelledError | None:
+        """Run one step of ``stop`` until ``until`` (loop time); a cancellation is returned so
+        that the remaining steps still run."""
+        if not calls:
+            return None
+        remaining = max(until - asyncio.get_running_loop().time(), 0.0)
+        gathered = asyncio.gather(*calls, return_exceptions=True)
+        # An interrupted gather ends with its CancelledError set; read it so that it is not
+        # reported as never retrieved.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            results = await asyncio.wait_for(aw, limit)
+            results = await asyncio.wait_for(gathered, remaining)
         except TimeoutError:
-            log.error("%s took longer than shutdown-timeout (%.3gs); giving up", what, limit)
-            return
+            log.error(
+                "%s did not finish within its share of shutdown-timeout (%.3gs); interrupted",
+                what,
+                timeout,
+            )
+            return None
+        except asyncio.CancelledError as exc:
+            log.warning("stop was cancelled while %s; closing what remains", what)
+            return exc
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("%s failed: %r", what, result, exc_info=result)
+        return None
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[StreamApp]:
-        """Start every binding; leaving the block drains and stops them."""
+        """Start every binding; leaving the block drains and stops them.
+
+        Raises StreamlibError on leaving when a task of the app (a source) died meanwhile.
+        """
         await self.start()
         try:
             yield self
         finally:
             await self.stop()
+        for what, exc in self._supervisor.failures.items():
+            raise StreamlibError(f"{what} died: {type(exc).__name__}: {exc}") from exc
 
     # -- live configuration ----------------------------------------------------------------
 
@@ -410,5 +494,5 @@ class StreamApp:
         Like Spring's StreamBridge: an output binding is created on first use, with the
         settings of ``bindings.<destination>`` if configured.
         """
-        confirm = await (await self.output(destination)).send(payload, key, headers)
+        confirm = await self._send(destination, payload, key, headers)
         await confirm

@@ -34,7 +34,10 @@ def load_app(target: str) -> StreamApp:
 
 
 async def serve(app: StreamApp) -> None:
-    """Run ``app`` until SIGINT or SIGTERM, then drain in-flight work and stop."""
+    """Run ``app`` until SIGINT or SIGTERM, then drain in-flight work and stop.
+
+    A task of the app that dies (a source) stops it too; leaving raises StreamlibError.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -42,7 +45,14 @@ async def serve(app: StreamApp) -> None:
     try:
         async with app.run():
             log.info("%s started; bindings: %s", app.config.name, ", ".join(app.bindings) or "none")
-            await stop.wait()
+            signalled = asyncio.create_task(stop.wait())
+            failed = asyncio.create_task(app.wait_failed())
+            try:
+                await asyncio.wait((signalled, failed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (signalled, failed):
+                    task.cancel()
+                await asyncio.gather(signalled, failed, return_exceptions=True)
             log.info("stopping: draining in-flight messages")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -148,6 +148,7 @@ class StreamConfig(_Model):
     default: dict[str, Any] = {}
     bindings: dict[str, dict[str, Any]] = {}
     shutdown_timeout: float = Field(30.0, gt=0)
+    dynamic_destination_cache_size: int = Field(10, ge=1)
     bus: dict[str, Any] = {}
     saga: dict[str, Any] = {}
 

@@ -143,7 +143,7 @@ class MemoryBinding:
 
     @property
     def is_running(self) -> bool:
-        return bool(self._tasks) and not self._stopping
+        return bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
 
     async def start(self) -> None:
         if self._tasks:
@@ -170,8 +170,15 @@ class MemoryBinding:
             self._idle.clear()
             try:
                 await self._handle(envelope)
-            except BaseException:
+            except BaseException as exc:
                 queue.requeue(envelope)  # interrupted: redeliver, at-least-once
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.critical(
+                        "binding %s: worker on %s died; the binding is down",
+                        self.name,
+                        queue.name,
+                        exc_info=exc,
+                    )
                 raise
             finally:
                 self._busy -= 1
@@ -195,15 +202,22 @@ class MemoryBinding:
             self._broker.publish(dlq, dead)
 
     async def stop(self) -> None:
-        """Stop taking messages, let in-flight handlers finish, then end the workers."""
+        """Stop taking messages, let in-flight handlers finish, then end the workers.
+
+        Cancelled while handlers run, it interrupts them; their messages are redelivered.
+        """
         if not self._tasks:
             return
         self._stopping = True
-        await self._idle.wait()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        try:
+            await self._idle.wait()
+        finally:
+            # Also when the wait is cancelled (a stop past its timeout): interrupted handlers
+            # put their message back, so nothing is lost.
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def pause(self) -> None:
         self._running.clear()

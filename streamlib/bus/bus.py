@@ -34,7 +34,7 @@ from .events import (
 )
 from .matching import matches, normalize_destination, service_id
 from .settings import BusSettings
-from .signing import SIGNATURE_HEADER, sign, verify
+from .signing import SIGNATURE_HEADER, ReplayGuard, sign, verify
 
 SENT_REMEMBERED = 1024
 
@@ -96,13 +96,16 @@ class Bus:
         # node uses the same bus id.
         self._sent: deque[str] = deque(maxlen=SENT_REMEMBERED)
         self._collision_reported = False
+        self._replays = ReplayGuard()
 
         async def receive(message: Message[bytes]) -> None:
             await self._receive(message)
 
         receive.__name__ = HANDLER_NAME
         app.sink(receive)
-        app.add_config_defaults(_binding_defaults, live_keys=("bus.signing-key", "bus.ack-wait"))
+        app.add_config_defaults(
+            _binding_defaults, live_keys=("bus.signing-key", "bus.replay-window", "bus.ack-wait")
+        )
 
     # -- state ---------------------------------------------------------------------------
 
@@ -235,6 +238,17 @@ class Bus:
             return
         if event is None:
             return
+        if settings.signing_key is not None:
+            refusal = self._replays.refusal(event.id, event.timestamp, settings.replay_window)
+            if refusal is not None:
+                log.warning(
+                    "bus: refused %s %s from %s: %s",
+                    event.event_type,
+                    event.id,
+                    event.origin_service,
+                    refusal,
+                )
+                return
         log.debug(
             "bus: received %s %s from %s to %r",
             event.event_type,

@@ -24,5 +24,8 @@ class BusSettings(BaseModel):
     """This node's service id; default ``<name>:<instance-index>:<random 32 hex>``."""
     signing_key: SecretStr | None = None
     """HMAC key: when set, events are signed and unsigned or forged ones rejected."""
+    replay_window: float = Field(300.0, gt=0)
+    """Seconds: with ``signing-key``, an event whose timestamp is further than this from the
+    node's clock, or whose id was already received, is refused as a replay."""
     ack_wait: float = Field(5.0, ge=0)
     """Seconds ``refresh``/``env`` (and the CLI) collect acks by default."""

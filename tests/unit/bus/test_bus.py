@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from streamlib import Message, StreamApp
 from streamlib.bus import (
@@ -22,7 +23,7 @@ from streamlib.bus import (
     RemoteApplicationEvent,
     register_event,
 )
-from streamlib.bus.signing import SIGNATURE_HEADER
+from streamlib.bus.signing import SIGNATURE_HEADER, sign
 from streamlib.refresh import Settings
 
 pytestmark = pytest.mark.anyio
@@ -327,3 +328,59 @@ async def test_two_nodes_with_one_bus_id_are_reported(
     assert len(warnings) == 2
     assert all("billing:shared" in w for w in warnings)
     assert not any(unique.bus.id in w for w in warnings)
+
+
+async def test_with_signing_a_replayed_event_is_refused_and_logged(
+    estate: Estate, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamlib.bus")
+    key = {"signing-key": "s3cret-key"}
+    billing = await estate.node("billing", bus=key)
+    console = await estate.node("console", bus=key)
+    tapped = await estate.tap()
+    replayer = await estate.plain_app("replayer")
+
+    first = await console.bus.env({"greeting.message": "one"}, "billing", wait=5, expect=1)
+    assert first.nodes == (billing.bus.id,)
+    second = await console.bus.env({"greeting.message": "two"}, "billing", wait=5, expect=1)
+    assert second.nodes == (billing.bus.id,)
+    [captured] = [m for m in tapped if orjson.loads(m.payload)["id"] == first.event.id]
+    await replayer.send("springCloudBus", captured.payload, headers=captured.headers)
+    await handled_everything_before(console, billing)
+
+    assert billing.greeting.value.message == "two"
+    acks_of_first = [m for m in tapped if orjson.loads(m.payload).get("ackId") == first.event.id]
+    assert len(acks_of_first) == 1  # the original's; the replay got none
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any(first.event.id in line and "already received" in line for line in refused), refused
+
+
+@pytest.mark.parametrize("skew_s", [-600, 600])
+async def test_with_signing_an_event_outside_the_replay_window_is_refused(
+    estate: Estate, caplog: pytest.LogCaptureFixture, skew_s: int
+) -> None:
+    caplog.set_level(logging.INFO, logger="streamlib.bus")
+    billing = await estate.node("billing", bus={"signing-key": "k", "replay-window": 300})
+    console = await estate.node("console", bus={"signing-key": "k"})
+    tapped = await estate.tap()
+    sender = await estate.plain_app("sender")
+    stale = EnvironmentChangeRemoteApplicationEvent(
+        origin_service="console:0:x",
+        destination_service="billing:**",
+        values={"greeting.message": "stale"},
+        timestamp=int((time.time() - skew_s) * 1000),
+    )
+    body = stale.to_json()
+    await sender.send(
+        "springCloudBus", body, headers={SIGNATURE_HEADER: sign(SecretStr("k"), body)}
+    )
+    await handled_everything_before(console, billing)
+
+    assert billing.greeting.value.message == "hello"
+    assert not [m for m in tapped if orjson.loads(m.payload).get("ackId") == stale.id]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any(stale.id in line and "bus.replay-window (300s)" in line for line in refused)
+
+    fresh = await console.bus.env({"greeting.message": "fresh"}, "billing", wait=5, expect=1)
+    assert fresh.nodes == (billing.bus.id,)
+    assert billing.greeting.value.message == "fresh"

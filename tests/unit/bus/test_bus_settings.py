@@ -49,3 +49,10 @@ def test_defaults() -> None:
         5.0,
     )
     assert settings.signing_key is None and settings.id is None
+
+
+def test_replay_window_must_be_positive() -> None:
+    app = StreamApp("billing", config={"bus": {"replay-window": 0}})
+    Bus(app)
+    with pytest.raises(ConfigError, match=r"bus\.replay-window"):
+        _ = app.config
