@@ -63,7 +63,6 @@ class RabbitBinder(BaseBinder):
         self._connections: dict[Role, AbstractRobustConnection] = {}
         self._connect_lock = asyncio.Lock()
         self._bindings: list[RabbitBinding] = []
-        self._producers: list[RabbitProducer] = []
         self._dead_letters: Publisher | None = None
         self._closed = False
 
@@ -158,9 +157,7 @@ class RabbitBinder(BaseBinder):
         except BaseException:
             await publisher.channel.close()
             raise
-        producer = RabbitProducer(spec, settings, publisher)
-        self._producers.append(producer)
-        return producer
+        return RabbitProducer(spec, settings, publisher)
 
     def health(self) -> Mapping[str, Any]:
         connections = {
