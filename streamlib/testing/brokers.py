@@ -36,6 +36,7 @@ from streamlib.config import redact_url
 
 KAFKA_ENV = "STREAMLIB_TEST_KAFKA"
 RABBIT_ENV = "STREAMLIB_TEST_RABBIT"
+POSTGRES_ENV = "STREAMLIB_TEST_POSTGRES"
 RABBIT_NODE_ENV = "STREAMLIB_TEST_RABBIT_NODE"
 RABBITMQCTL_ENV = "STREAMLIB_TEST_RABBITMQCTL"
 BROKERS_TOOL_ENV = "STREAMLIB_BROKERS_TOOL"
@@ -80,7 +81,7 @@ def _launcher_state() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _launcher_address(broker: Broker) -> str | None:
+def _launcher_address(broker: Broker | Literal["postgres"]) -> str | None:
     """Address of a broker that tools/brokers.py started and that is still running."""
     entry = _launcher_state().get(broker)
     if not isinstance(entry, dict) or not entry.get("pid"):
@@ -222,6 +223,34 @@ def kafka_bootstrap() -> str:
 def rabbit_url() -> str:
     """AMQP URL of a RabbitMQ broker that answers; fails otherwise."""
     return _resolve("rabbit", RABBIT_ENV)
+
+
+def postgres_url() -> str:
+    """URL (``postgresql://...``) of a PostgreSQL server that answers: ``$STREAMLIB_TEST_POSTGRES``,
+    else the one ``tools/brokers.py up postgres`` started; fails otherwise."""
+    if "postgres" not in _resolved:
+        url = os.environ.get(POSTGRES_ENV, "").strip() or _launcher_address("postgres") or ""
+        if not url:
+            pytest.fail(
+                "No PostgreSQL server for this test. Start the project's with "
+                f"`python3 tools/brokers.py up postgres`, or set {POSTGRES_ENV}="
+                "postgresql://user:password@host:5432/db.",
+                pytrace=False,
+            )
+        _resolved["postgres"] = url
+    require_postgres(_resolved["postgres"])
+    return _resolved["postgres"]
+
+
+def require_postgres(url: str) -> None:
+    """Fail the test at once when the PostgreSQL server does not accept a TCP connection."""
+    parts = urlsplit(url)
+    if not _tcp_answers(parts.hostname or "127.0.0.1", parts.port or 5432):
+        pytest.fail(
+            f"PostgreSQL at {redact_url(url)} does not answer (TCP connect failed within "
+            f"{CONNECT_TIMEOUT:.0f} s). Start it with `python3 tools/brokers.py up postgres`.",
+            pytrace=False,
+        )
 
 
 # --------------------------------------------------------------------------- liveness
