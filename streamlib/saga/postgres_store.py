@@ -384,14 +384,15 @@ class _PostgresTransaction:
     async def put_dedupe(self, record: DedupeRecord) -> bool:
         return await _put_dedupe(self._conn, record)
 
-    async def put_outbox(self, message: OutboxMessage) -> None:
+    async def put_outbox(self, message: OutboxMessage, claimed_until: float = 0.0) -> None:
         await self._conn.execute(
-            "INSERT INTO saga_outbox (command_id, destination, key, headers, body, created_at) "
-            "VALUES ($1,$2,$3,$4::jsonb,$5,$6)",
+            "INSERT INTO saga_outbox (command_id, destination, key, headers, body, created_at, "
+            "claimed_until) VALUES ($1,$2,$3,$4::jsonb,$5,$6,$7)",
             message.command_id,
             message.destination,
             message.key,
             orjson.dumps(message.headers).decode(),
             message.body,
             message.created_at,
+            claimed_until,
         )

@@ -423,11 +423,11 @@ class _SqliteTransaction:
 
         return await anyio.to_thread.run_sync(do)
 
-    async def put_outbox(self, message: OutboxMessage) -> None:
+    async def put_outbox(self, message: OutboxMessage, claimed_until: float = 0.0) -> None:
         await anyio.to_thread.run_sync(
             self._conn.execute,
-            "INSERT INTO saga_outbox (command_id, destination, key, headers, body, created_at) "
-            "VALUES (?,?,?,?,?,?)",
+            "INSERT INTO saga_outbox (command_id, destination, key, headers, body, created_at, "
+            "claimed_until) VALUES (?,?,?,?,?,?,?)",
             (
                 message.command_id,
                 message.destination,
@@ -435,5 +435,6 @@ class _SqliteTransaction:
                 orjson.dumps(message.headers),
                 message.body,
                 message.created_at,
+                claimed_until,
             ),
         )

@@ -140,8 +140,9 @@ class StoreTransaction(Protocol):
         """Store ``record`` unless its key exists; False means another delivery of the command
         answered first and the transaction is to be rolled back."""
 
-    async def put_outbox(self, message: OutboxMessage) -> None:
-        """Queue ``message``; the relay sends it once the transaction committed."""
+    async def put_outbox(self, message: OutboxMessage, claimed_until: float = 0.0) -> None:
+        """Queue ``message``; a relay sends it once the transaction committed and
+        ``claimed_until`` passed (the writer sends it itself meanwhile)."""
 
 
 @runtime_checkable
@@ -342,8 +343,8 @@ class MemorySagaStore:
         # Nothing awaits between the checks of put_dedupe and here: the commit is atomic.
         for record in tx.dedupe:
             self._dedupe[record.key] = record
-        for message in tx.outbox:
-            self._outbox[message.command_id] = (message, 0.0, None)
+        for message, claimed_until in tx.outbox:
+            self._outbox[message.command_id] = (message, claimed_until, None)
 
     async def claim_outbox(
         self, now: float, until: float, limit: int = 100
@@ -386,7 +387,7 @@ class _MemoryTransaction:
     def __init__(self, store: MemorySagaStore) -> None:
         self._store = store
         self.dedupe: list[DedupeRecord] = []
-        self.outbox: list[OutboxMessage] = []
+        self.outbox: list[tuple[OutboxMessage, float]] = []
 
     @property
     def connection(self) -> Any:
@@ -404,5 +405,5 @@ class _MemoryTransaction:
         self.dedupe.append(record)
         return True
 
-    async def put_outbox(self, message: OutboxMessage) -> None:
-        self.outbox.append(message)
+    async def put_outbox(self, message: OutboxMessage, claimed_until: float = 0.0) -> None:
+        self.outbox.append((message, claimed_until))
