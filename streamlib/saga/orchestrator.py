@@ -63,7 +63,8 @@ class Orchestrator:
     ``instance`` names this instance in the leases it holds (``saga.instance``; default the
     host name, process id and a random suffix); it must differ between live instances. A
     restarted instance with the same name takes its sagas back at once, others after their
-    ``lease`` (``saga.lease`` seconds, default 10) expired.
+    ``lease`` (``saga.lease`` seconds, default 10) expired. ``retention`` (``saga.retention``
+    seconds; default none) prunes finished sagas and de-duplication records older than that.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Orchestrator:
         tick: float = 0.1,
         instance: str | None = None,
         lease: float | None = None,
+        retention: float | None = None,
     ) -> None:
         self.app = app
         self._sagas: dict[str, Saga[Any]] = {}
@@ -98,6 +100,9 @@ class Orchestrator:
         self.lease = float(lease or configured.get("lease") or DEFAULT_LEASE)
         if self.lease <= 0:
             raise ValueError(f"saga.lease must be positive, not {self.lease}")
+        kept = retention or configured.get("retention")
+        self.retention = float(kept) if kept else None
+        self._next_prune = 0.0
         self._held: set[str] = set()
         self._next_renewal = 0.0
         self._locks: dict[str, asyncio.Lock] = {}
@@ -520,6 +525,11 @@ class Orchestrator:
             renewed = await self.store.renew(self.instance, held, now + self.lease)
             for saga_id in set(held) - renewed:
                 log.warning("saga %s: lease not renewed; another instance took it", saga_id)
+        if self.retention is not None and now >= self._next_prune:
+            self._next_prune = now + min(self.retention / 10, 3600.0)
+            pruned = await self.store.prune(now - self.retention)
+            if pruned:
+                log.info("pruned %d saga store row(s) older than %gs", pruned, self.retention)
         claimed = await self.store.claim_due(
             self.instance, now + self.lease, now, limit=_CLAIM_BATCH
         )

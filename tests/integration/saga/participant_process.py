@@ -14,6 +14,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -27,13 +28,27 @@ class Charge(BaseModel):
 
 
 class CrashingParticipant(Participant):
-    """Dies once per command after its transaction committed, before the reply went out."""
+    """Dies once per command after its transaction committed, before the reply went out.
+
+    The kill waits while the relay sends an earlier reply: a death between sending a reply and
+    marking it sent is another fault (that reply goes out again), not the one tried here.
+    """
 
     kill_file: Path
+    relaying: asyncio.Lock
+
+    relay_task: asyncio.Task[Any] | None = None
+
+    async def _relay(self) -> None:
+        async with self.relaying:
+            self.relay_task = asyncio.current_task()
+            await super()._relay()
 
     async def _deliver(self, reply: OutboxMessage) -> None:
         died_for = set(self.kill_file.read_text().split()) if self.kill_file.exists() else set()
-        if reply.command_id not in died_for:
+        relayed = self.relaying.locked() and asyncio.current_task() is self.relay_task
+        if reply.command_id not in died_for and not relayed:
+            await self.relaying.acquire()
             with self.kill_file.open("a") as out:
                 out.write(reply.command_id + "\n")
                 out.flush()
@@ -51,6 +66,7 @@ async def main() -> None:
         app, spec["destination"], store=store, outbox=True, relay_interval=0.1, relay_claim=0.5
     )
     participant.kill_file = Path(spec["kill_file"])
+    participant.relaying = asyncio.Lock()
     insert = (
         "INSERT INTO effects (command_id) VALUES ($1)"
         if postgres
