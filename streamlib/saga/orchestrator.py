@@ -23,6 +23,7 @@ binding's ``concurrency`` may be raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -519,12 +520,8 @@ class Orchestrator:
     async def _on_tick(self) -> None:
         await self._recover()
         now = time.time()
-        if self._held and now >= self._next_renewal:
-            self._next_renewal = now + self.lease / 3
-            held = list(self._held)
-            renewed = await self.store.renew(self.instance, held, now + self.lease)
-            for saga_id in set(held) - renewed:
-                log.warning("saga %s: lease not renewed; another instance took it", saga_id)
+        if now >= self._next_renewal:
+            await self._renew(now)
         if self.retention is not None and now >= self._next_prune:
             self._next_prune = now + min(self.retention / 10, 3600.0)
             pruned = await self.store.prune(now - self.retention)
@@ -533,11 +530,41 @@ class Orchestrator:
         claimed = await self.store.claim_due(
             self.instance, now + self.lease, now, limit=_CLAIM_BATCH
         )
+        if claimed:
+            await self._renewing(self._work_on(claimed))
+        await self._confirm_events()
+
+    async def _work_on(self, claimed: list[SagaRecord]) -> None:
         for rec in claimed:
             async with self._lock(rec.id):
                 self._held.add(rec.id)
                 await self._work(rec, self._on_due(rec))
-        await self._confirm_events()
+
+    async def _renew(self, now: float) -> None:
+        """Extend the leases of the sagas this instance works on."""
+        self._next_renewal = now + self.lease / 3
+        if not self._held:
+            return
+        held = list(self._held)
+        renewed = await self.store.renew(self.instance, held, now + self.lease)
+        for saga_id in set(held) - renewed:
+            log.warning("saga %s: lease not renewed; another instance took it", saga_id)
+
+    async def _renewing(self, work: Awaitable[None]) -> None:
+        """Await ``work`` (the timer's own), renewing leases meanwhile: the timer that
+        normally renews them is busy with it."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.lease / 3)
+                if not task.done() and time.time() >= self._next_renewal:
+                    await self._renew(time.time())
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _on_due(self, rec: SagaRecord) -> SagaRecord:
         """A claimed saga: its deadline passed, or its last owner died."""

@@ -123,3 +123,26 @@ async def test_a_stalled_instance_is_taken_over_and_cannot_write_after_it(
     assert after == record and history_after == history_before
     assert runs["first", 1] == 2 and runs["last", 1] == 1 and handled[1] == 1
     assert [e.event for e in history_after].count("resumed") == 1
+
+
+async def test_a_step_longer_than_the_lease_keeps_it_while_its_instance_lives(
+    memory_config: dict[str, Any],
+) -> None:
+    store = MemorySagaStore()
+    saga, apps, orchestrators, workers, runs, gate, handled = build(store, memory_config, 2, 0.2)
+    working, other = orchestrators
+    gate[2] = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        for app in (workers, *apps):
+            await stack.enter_async_context(app.run())
+        start = asyncio.create_task(working.start(saga, Data(n=2), saga_id="s-2"))
+        # Five leases long: renewals keep it; the other instance never takes it.
+        await asyncio.sleep(1.0)
+        held = await store.get("s-2")
+        gate[2].set()
+        await start
+        record = await other.wait("s-2", timeout=10)
+    assert held is not None and held.owner == working.instance
+    assert record.state is SagaState.COMPLETED
+    assert runs["first", 2] == 1 and handled[2] == 1
+    assert working.lost_leases == other.lost_leases == 0
