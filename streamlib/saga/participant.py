@@ -232,7 +232,17 @@ class Participant:
         finally:
             if not lock.locked():
                 self._in_flight.pop(command_id, None)
-        await self._deliver(reply)
+        try:
+            await self._deliver(reply)
+        except Exception as exc:
+            # Committed: the relay sends it once its claim expired.
+            log.warning(
+                "%s: sending the reply to %s failed (%s); the relay will",
+                self.destination,
+                command_id,
+                exc,
+            )
+            return
         await self.store.mark_sent([reply.command_id], time.time())
 
     def _reply(
