@@ -396,6 +396,43 @@ class Orchestrator:
         After a timeout the command is re-sent with the same id (the participant may have
         done the work); after a failure reply a retry is a new command.
         """
+        if timed_out and rec.state is SagaState.RUNNING and step.probe_fn is not None:
+            return await self._probe(saga, rec, step)
+        return await self._fail(saga, rec, step, error, timed_out=timed_out)
+
+    async def _probe(self, saga: Saga[Any], rec: SagaRecord, step: Step[Any]) -> SagaRecord:
+        """Ask a timed-out remote step's probe whether it took effect."""
+        assert step.probe_fn is not None
+        data = saga.data_type.model_validate(rec.data)
+        try:
+            async with asyncio.timeout(step.timeout):
+                outcome = await step.probe_fn(data)
+            detail = {True: "done", False: "not done", None: "unknown"}[outcome]
+        except Exception as exc:
+            outcome, detail = None, f"unknown: {type(exc).__name__}: {exc}"
+        await self.store.append_history(HistoryEntry(rec.id, "probed", step.name, detail))
+        if outcome is True:
+            return await self._succeeded(rec, step, data)
+        if outcome is False:
+            # It did not happen: like a failure reply (nothing of this step to undo).
+            return await self._fail(saga, rec, step, "timed out; the probe found it not done")
+        attempt = rec.attempt + 1
+        if attempt >= saga.retry_backoff.attempts:
+            rec = rec.evolve(attempt=0)
+            return await self._fail(saga, rec, step, "timed out; outcome unknown", timed_out=True)
+        delay = saga.retry_backoff.delay(attempt)
+        rec = rec.evolve(wait=Wait.PROBE, deadline=time.time() + delay, attempt=attempt)
+        return await self._save(rec, "outcome unknown", step, f"probe again in {delay}s")
+
+    async def _fail(
+        self,
+        saga: Saga[Any],
+        rec: SagaRecord,
+        step: Step[Any],
+        error: str,
+        *,
+        timed_out: bool = False,
+    ) -> SagaRecord:
         command_id = rec.command_id if timed_out else None
         if rec.state is SagaState.COMPENSATING:
             return await self._retry_or_give_up(
@@ -575,7 +612,7 @@ class Orchestrator:
         waiting = rec.wait is not Wait.RUN
         if waiting and rec.deadline is not None and rec.deadline <= time.time():
             return await self._on_deadline(saga, rec)
-        if rec.wait is Wait.RETRY:
+        if rec.wait in (Wait.RETRY, Wait.PROBE):
             return rec  # its owner died during the back-off; the deadline will come
         return await self._resume(saga, rec)
 
@@ -583,6 +620,8 @@ class Orchestrator:
         step = saga.steps[rec.step]
         if rec.wait is Wait.REPLY:
             rec = await self._failed(saga, rec, step, "timed out", timed_out=True)
+        elif rec.wait is Wait.PROBE:
+            rec = await self._probe(saga, rec, step)
         else:
             rec = rec.evolve(wait=Wait.RUN, deadline=None)
         return await self._drive(saga, rec)

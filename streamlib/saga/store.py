@@ -56,6 +56,9 @@ class Wait(StrEnum):
     """The reply to ``command_id``, until ``deadline``."""
     RETRY = "retry"
     """The back-off before the next attempt, until ``deadline``."""
+    PROBE = "probe"
+    """The outcome of the step is unknown (its reply never came): its probe is asked again at
+    ``deadline``; a late reply to ``command_id`` still counts."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,7 +181,11 @@ def main() -> int:
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--settle", type=float, default=120.0, help="seconds to wait at the end")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--work", type=Path, help="keep the logs here (default: a temp dir)")
     args = parser.parse_args()
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(trial(args, args.work))
     with TemporaryDirectory(prefix="saga-trial-") as tmp:
         return asyncio.run(trial(args, Path(tmp)))
 
