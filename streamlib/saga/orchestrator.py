@@ -585,7 +585,8 @@ class Orchestrator:
         held = list(self._held)
         renewed = await self.store.renew(self.instance, held, now + self.lease)
         for saga_id in set(held) - renewed:
-            log.warning("saga %s: lease not renewed; another instance took it", saga_id)
+            if saga_id in self._held:  # not released while the renewal ran
+                log.warning("saga %s: lease not renewed; another instance took it", saga_id)
 
     async def _renewing(self, work: Awaitable[None]) -> None:
         """Await ``work`` (the timer's own), renewing leases meanwhile: the timer that

@@ -1,11 +1,13 @@
-"""On demand: three orchestrator processes share sagas on PostgreSQL over Kafka while one of
-them is SIGKILLed every few seconds and restarted under a new instance name.
+"""On demand: three orchestrator processes share sagas on PostgreSQL over Kafka or RabbitMQ
+while one of them is SIGKILLed every few seconds and restarted under a new instance name.
 
     .venv/bin/python tests/integration/saga/multi_orchestrator_trial.py --sagas 500
+    .venv/bin/python tests/integration/saga/multi_orchestrator_trial.py --broker rabbit --sagas 200
 
 The orders processes (orders_process.py) share one PostgreSQL store and the request and reply
-topics (three partitions, one per process). A killed process's sagas are taken over by the
-others once their leases expire (``--lease`` seconds); its partitions wait for it to come back.
+destinations: on Kafka three partitions, one per process (a killed process's partitions wait
+for it to come back); on RabbitMQ one queue each that the three consume from. A killed
+process's sagas are taken over by the others once their leases expire (``--lease`` seconds).
 Payments and inventory run in this process and log their work. Prints the figures and exits 1
 when a saga is stuck, compensated twice, has a step done twice, or a participant worked twice.
 Kafka and PostgreSQL are found as the tests find them (environment, then the launcher).
@@ -34,23 +36,27 @@ from test_saga_crash_trial import OrdersProcess  # noqa: E402
 from worklog import read_counts  # noqa: E402
 
 from streamlib import StreamApp  # noqa: E402
-from streamlib.saga import PostgresSagaStore, SqliteSagaStore  # noqa: E402
+from streamlib.saga import PostgresSagaStore, SagaState, SqliteSagaStore  # noqa: E402
 from streamlib.testing import brokers  # noqa: E402
 
 PROCESSES = 3
 
 
 async def trial(args: argparse.Namespace, work: Path) -> int:
-    bootstrap = os.environ.get(brokers.KAFKA_ENV) or brokers._launcher_address("kafka")
+    kafka = args.broker == "kafka"
+    env = brokers.KAFKA_ENV if kafka else brokers.RABBIT_ENV
+    address = os.environ.get(env) or brokers._launcher_address(args.broker)
     url = os.environ.get(brokers.POSTGRES_ENV) or brokers._launcher_address("postgres")
-    if not bootstrap or not url:
-        print("needs Kafka and PostgreSQL: python3 tools/brokers.py up", file=sys.stderr)
+    if not address or not url:
+        print(f"needs {args.broker} and PostgreSQL: python3 tools/brokers.py up", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
-    config: dict[str, Any] = {
-        "binders": {"kafka": {"type": "kafka", "bootstrap-servers": bootstrap}},
-        "default-binder": "kafka",
-    }
+    binder = (
+        {"type": "kafka", "bootstrap-servers": address}
+        if kafka
+        else {"type": "rabbit", "url": address}
+    )
+    config: dict[str, Any] = {"binders": {args.broker: binder}, "default-binder": args.broker}
     system = build_system(
         config,
         brokers.unique_name,
@@ -72,13 +78,11 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
     generation = Counter[int]()
 
     def process(k: int) -> OrdersProcess:
-        orders_config = {
-            **config,
-            "instance-count": PROCESSES,
-            "instance-index": k,
-            "default": {"consumer": {"auto-rebalance": False}},
-            "saga": {"events-destination": names["events"]},
-        }
+        orders_config: dict[str, Any] = {**config, "saga": {"events-destination": names["events"]}}
+        if kafka:
+            orders_config["instance-count"] = PROCESSES
+            orders_config["instance-index"] = k
+            orders_config["default"] = {"consumer": {"auto-rebalance": False}}
         spec = {
             "config": orders_config,
             "names": names,
@@ -92,6 +96,7 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
     driver = StreamApp("trial-driver", config=driver_config)
     procs = [process(k) for k in range(PROCESSES)]
     kills = 0
+    aimed = [0]
     started = time.monotonic()
     ids = [f"m-{n}" for n in range(args.sagas)]
     async with system.payments.app.run(), system.inventory.app.run(), driver.run():
@@ -113,6 +118,14 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
             while not sending_done.is_set():
                 await asyncio.sleep(args.kill_every)
                 k = rng.randrange(PROCESSES)
+                # Aim: kill while the process holds the lease of a saga it works on.
+                instance = f"orders-{k}-{generation[k]}"
+                aim = time.monotonic() + 2.0
+                while time.monotonic() < aim:
+                    unfinished = await store.list((SagaState.RUNNING, SagaState.COMPENSATING))
+                    if any(r.owner == instance for r in unfinished):
+                        aimed[0] += 1
+                        break
                 await procs[k].kill()
                 kills += 1
                 generation[k] += 1
@@ -143,16 +156,20 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
         done = Counter(e.step for e in history if e.event == "step done")
         twice_compensated += [f"{saga_id}/{s}" for s, n in compensated.items() if n > 1]
         twice_done += [f"{saga_id}/{s}" for s, n in done.items() if n > 1]
+    logs = "".join((work / f"orders-{k}.log").read_text() for k in range(PROCESSES))
     work_counts = read_counts(work / "payments.log") + read_counts(work / "inventory.log")
     repeated = {k: n for k, n in work_counts.items() if n > 1}
     duplicates = system.payments.participant.duplicates + system.inventory.participant.duplicates
     await store.aclose()
+    await drop_schema(url, schema)
     print(
         json.dumps(
             {
+                "broker": args.broker,
                 "sagas": len(ids),
                 "processes": PROCESSES,
                 "kills": kills,
+                "kills_while_holding_a_lease": aimed[0],
                 "lease_s": args.lease,
                 "states": dict(states),
                 "stuck": len(stuck),
@@ -161,6 +178,8 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
                 "participant_work_repeated": len(repeated),
                 "duplicate_commands_answered_from_dedupe": duplicates,
                 "resumed_after_takeover_or_restart": resumed,
+                "writes_refused_to_a_stale_owner": logs.count("this one stops"),
+                "leases_lost_while_working": logs.count("lease not renewed"),
                 "seconds": round(elapsed, 1),
             },
             indent=2,
@@ -173,8 +192,19 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
+async def drop_schema(url: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", choices=["kafka", "rabbit"], default="kafka")
     parser.add_argument("--sagas", type=int, default=500)
     parser.add_argument("--rate", type=float, default=10.0, help="sagas started per second")
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills")
