@@ -42,14 +42,9 @@ from streamlib.testing import brokers  # noqa: E402
 PROCESSES = 3
 
 
-async def trial(args: argparse.Namespace, work: Path) -> int:
+async def trial(args: argparse.Namespace, work: Path, address: str, url: str) -> dict[str, Any]:
+    """Run the trial; its figures (``failures`` lists what went wrong)."""
     kafka = args.broker == "kafka"
-    env = brokers.KAFKA_ENV if kafka else brokers.RABBIT_ENV
-    address = os.environ.get(env) or brokers._launcher_address(args.broker)
-    url = os.environ.get(brokers.POSTGRES_ENV) or brokers._launcher_address("postgres")
-    if not address or not url:
-        print(f"needs {args.broker} and PostgreSQL: python3 tools/brokers.py up", file=sys.stderr)
-        return 2
     rng = random.Random(args.seed)
     binder = (
         {"type": "kafka", "bootstrap-servers": address}
@@ -162,34 +157,30 @@ async def trial(args: argparse.Namespace, work: Path) -> int:
     duplicates = system.payments.participant.duplicates + system.inventory.participant.duplicates
     await store.aclose()
     await drop_schema(url, schema)
-    print(
-        json.dumps(
-            {
-                "broker": args.broker,
-                "sagas": len(ids),
-                "processes": PROCESSES,
-                "kills": kills,
-                "kills_while_holding_a_lease": aimed[0],
-                "lease_s": args.lease,
-                "states": dict(states),
-                "stuck": len(stuck),
-                "compensated_twice": len(twice_compensated),
-                "steps_done_twice": len(twice_done),
-                "participant_work_repeated": len(repeated),
-                "duplicate_commands_answered_from_dedupe": duplicates,
-                "resumed_after_takeover_or_restart": resumed,
-                "writes_refused_to_a_stale_owner": logs.count("this one stops"),
-                "leases_lost_while_working": logs.count("lease not renewed"),
-                "seconds": round(elapsed, 1),
-            },
-            indent=2,
-        )
-    )
-    if stuck or twice_compensated or twice_done or repeated:
-        print("stuck:", stuck[:10], "compensated twice:", twice_compensated[:10])
-        print("done twice:", twice_done[:10], "repeated:", list(repeated)[:10])
-        return 1
-    return 0
+    return {
+        "broker": args.broker,
+        "sagas": len(ids),
+        "processes": PROCESSES,
+        "kills": kills,
+        "kills_while_holding_a_lease": aimed[0],
+        "lease_s": args.lease,
+        "states": dict(states),
+        "stuck": len(stuck),
+        "compensated_twice": len(twice_compensated),
+        "steps_done_twice": len(twice_done),
+        "participant_work_repeated": len(repeated),
+        "duplicate_commands_answered_from_dedupe": duplicates,
+        "resumed_after_takeover_or_restart": resumed,
+        "writes_refused_to_a_stale_owner": logs.count("this one stops"),
+        "leases_lost_while_working": logs.count("lease not renewed"),
+        "seconds": round(elapsed, 1),
+        "failures": {
+            "stuck": stuck[:10],
+            "compensated_twice": twice_compensated[:10],
+            "done_twice": twice_done[:10],
+            "repeated": [" ".join(k) for k in list(repeated)[:10]],
+        },
+    }
 
 
 async def drop_schema(url: str, schema: str) -> None:
@@ -213,11 +204,34 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--work", type=Path, help="keep the logs here (default: a temp dir)")
     args = parser.parse_args()
+    env = brokers.KAFKA_ENV if args.broker == "kafka" else brokers.RABBIT_ENV
+    address = os.environ.get(env) or brokers._launcher_address(args.broker)
+    url = os.environ.get(brokers.POSTGRES_ENV) or brokers._launcher_address("postgres")
+    if not address or not url:
+        print(f"needs {args.broker} and PostgreSQL: python3 tools/brokers.py up", file=sys.stderr)
+        return 2
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(trial(args, args.work))
-    with TemporaryDirectory(prefix="saga-trial-") as tmp:
-        return asyncio.run(trial(args, Path(tmp)))
+        figures = asyncio.run(trial(args, args.work, address, url))
+    else:
+        with TemporaryDirectory(prefix="saga-trial-") as tmp:
+            figures = asyncio.run(trial(args, Path(tmp), address, url))
+    print(json.dumps(figures, indent=2))
+    return 1 if any(figures["failures"].values()) else 0
+
+
+def arguments(**values: Any) -> argparse.Namespace:
+    """The trial's settings: the command line's defaults with ``values`` applied."""
+    defaults = {
+        "broker": "kafka",
+        "sagas": 500,
+        "rate": 10.0,
+        "kill_every": 3.0,
+        "lease": 2.0,
+        "settle": 120.0,
+        "seed": None,
+    }
+    return argparse.Namespace(**{**defaults, **values})
 
 
 if __name__ == "__main__":
