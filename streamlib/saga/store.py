@@ -203,7 +203,8 @@ class SagaStore(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
         """A transaction for a participant's work, de-duplication record and outbox reply;
-        committed when the block ends, rolled back when it raises."""
+        committed when the block ends, rolled back when it raises. Inside it, use only the
+        transaction: SQLite's store waits for it to end before any other call."""
 
     async def claim_outbox(
         self, now: float, until: float, limit: int = 100
