@@ -3,11 +3,12 @@
 
 Standard library only: this script runs before any virtualenv exists.
 
-    python3 tools/brokers.py up [kafka|rabbit|all]    start (idempotent), wait until they answer
+    python3 tools/brokers.py up [kafka|rabbit|postgres|all]
+                                                      start (idempotent), wait until they answer
     python3 tools/brokers.py down                     stop what this tool started, delete its data
     python3 tools/brokers.py status                   show what runs (exit 3 if something is down)
     python3 tools/brokers.py env                      print the variables the tests read
-    python3 tools/brokers.py stop|start|restart|kill|pause|resume kafka|rabbit
+    python3 tools/brokers.py stop|start|restart|kill|pause|resume kafka|rabbit|postgres
                                                       fault injection; data is kept
     python3 tools/brokers.py rabbitmqctl ARGS...      rabbitmqctl against our node
 
@@ -20,6 +21,10 @@ that bootstraps through the proxy keeps all its connections on it.
 RabbitMQ: the Debian package rabbitmq-server (installed with apt-get when missing), run as our own
 node streamlib@localhost on 127.0.0.1:5672 (distribution 127.0.0.1:25672, epmd 127.0.0.1:4369,
 shared with other nodes), user guest/guest.
+
+PostgreSQL: the Debian package postgresql (installed with apt-get when missing), a cluster of our
+own run as the postgres system user on 127.0.0.1:5433 (not the default port, so a system instance
+may run beside it), database streamlib, user streamlib/streamlib.
 
 State and data live in ${STREAMLIB_BROKERS_DIR:-/tmp/streamlib-brokers}. Only processes recorded
 in its state file are ever signalled.
@@ -106,7 +111,7 @@ RABBIT_LIB_BIN = Path("/usr/lib/rabbitmq/bin")
 
 START_TIMEOUT = float(os.environ.get("STREAMLIB_BROKERS_TIMEOUT", "120"))
 STOP_TIMEOUT = 30.0
-BROKERS = ("kafka", "rabbit")
+BROKERS = ("kafka", "rabbit", "postgres")
 
 
 class BrokerError(Exception):
@@ -148,7 +153,7 @@ def save_state(state: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- processes
 
-MARKERS = {"kafka": "kafka.Kafka", "rabbit": "rabbitmq", "epmd": "epmd"}
+MARKERS = {"kafka": "kafka.Kafka", "rabbit": "rabbitmq", "epmd": "epmd", "postgres": "postgres"}
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -789,12 +794,234 @@ def start_rabbit(state: dict[str, Any]) -> None:
     say(f"rabbit up in {time.monotonic() - t0:.1f} s ({HOST}:{RABBIT_PORT}, node {RABBIT_NODE})")
 
 
+# --------------------------------------------------------------------------- postgresql
+
+POSTGRES_PORT = int(os.environ.get("STREAMLIB_POSTGRES_PORT", "5433"))
+POSTGRES_USER = "streamlib"
+POSTGRES_DB = "streamlib"
+POSTGRES_URL = f"postgresql://{POSTGRES_USER}:{POSTGRES_USER}@{HOST}:{POSTGRES_PORT}/{POSTGRES_DB}"
+POSTGRES_OS_USER = "postgres"
+
+
+def postgres_home() -> Path:
+    return BASE / "postgres"
+
+
+def postgres_bin_dir() -> Path:
+    """The newest /usr/lib/postgresql/<version>/bin, installing postgresql when missing."""
+
+    def newest() -> Path | None:
+        found = sorted(
+            Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+            key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+        )
+        return found[-1].parent if found else None
+
+    bin_dir = newest()
+    if bin_dir is None:
+        install_postgres()
+        bin_dir = newest()
+    if bin_dir is None:
+        raise BrokerError("postgres not found under /usr/lib/postgresql after installing it")
+    return bin_dir
+
+
+def install_postgres() -> None:
+    """apt-get install postgresql; the Debian cluster it creates is left stopped."""
+    apt_install("postgresql")
+    if Path("/run/systemd/system").exists():
+        subprocess.run(
+            ["systemctl", "disable", "--now", "postgresql"], capture_output=True, check=False
+        )
+
+
+def postgres_ready(port: int = POSTGRES_PORT) -> bool:
+    """True when the server answers an SSLRequest (one byte, S or N), which any PostgreSQL
+    does once it accepts connections."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as sock:
+            sock.sendall(struct.pack(">ii", 8, 80877103))
+            return sock.recv(1) in (b"S", b"N")
+    except OSError:
+        return False
+
+
+def _as_postgres_user() -> dict[str, Any]:
+    """Popen arguments that run a command as the postgres system user (PostgreSQL refuses
+    to run as root)."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(POSTGRES_OS_USER)
+    except KeyError as exc:
+        raise BrokerError(
+            f"postgres: running as root needs the {POSTGRES_OS_USER} system user "
+            "(the postgresql package creates it)"
+        ) from exc
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _postgres_owned(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    user = _as_postgres_user()
+    if user:
+        os.chown(path, user["user"], user["group"])
+        os.chmod(path, 0o700)
+
+
+def init_postgres(bin_dir: Path) -> None:
+    """initdb a fresh cluster with our user and database (trust on loopback: test data)."""
+    home = postgres_home()
+    data = home / "data"
+    if (data / "PG_VERSION").exists():
+        return
+    shutil.rmtree(data, ignore_errors=True)
+    BASE.chmod(BASE.stat().st_mode | 0o011)  # the postgres user must reach its directory
+    _postgres_owned(home)
+    _postgres_owned(data)
+    pwfile = home / "pwfile"
+    pwfile.write_text(POSTGRES_USER + "\n")
+    user = _as_postgres_user()
+    if user:
+        os.chown(pwfile, user["user"], user["group"])
+    cmd = [str(bin_dir / "initdb"), "-D", str(data), "-U", POSTGRES_USER, "--pwfile", str(pwfile)]
+    cmd += ["-A", "trust", "-E", "UTF8", "--locale", "C.UTF-8"]
+    proc = subprocess.run(
+        cmd, cwd=home, capture_output=True, text=True, check=False, timeout=120, **user
+    )
+    pwfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        raise BrokerError(f"postgres: initdb failed:\n{(proc.stdout + proc.stderr).strip()}")
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write(
+            "\n# Written by tools/brokers.py: loopback only, our port, small and fast.\n"
+            f"listen_addresses = '{HOST}'\nport = {POSTGRES_PORT}\n"
+            f"unix_socket_directories = '{home}'\nmax_connections = 200\n"
+            "shared_buffers = 64MB\nfsync = off\nsynchronous_commit = off\n"
+            "full_page_writes = off\nlogging_collector = off\n"
+        )
+
+
+def create_postgres_db(bin_dir: Path) -> None:
+    """Create our database unless it exists."""
+    env = dict(os.environ, PGPASSWORD=POSTGRES_USER)
+    common = ["-h", HOST, "-p", str(POSTGRES_PORT), "-U", POSTGRES_USER]
+    probe = subprocess.run(
+        [
+            str(bin_dir / "psql"),
+            *common,
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{POSTGRES_DB}'",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.stdout.strip() != "1":
+        run_quiet([str(bin_dir / "createdb"), *common, POSTGRES_DB], env=env)
+
+
+def start_postgres(state: dict[str, Any]) -> None:
+    home = postgres_home()
+    entry = state.get("postgres") or {}
+    log = home / "postgres.log"
+    if pid_alive(entry.get("pid"), "postgres"):
+        if postgres_ready():
+            say(f"postgres: already up (pid {entry['pid']}, {HOST}:{POSTGRES_PORT})")
+            return
+        raise BrokerError(
+            f"postgres: pid {entry['pid']} runs but {HOST}:{POSTGRES_PORT} does not answer "
+            f"(see {log}); try: brokers.py restart postgres"
+        )
+    if port_open(POSTGRES_PORT):
+        raise BrokerError(
+            f"postgres: port {POSTGRES_PORT} on {HOST} is taken by another process "
+            "(set STREAMLIB_POSTGRES_PORT to use another)"
+        )
+    bin_dir = postgres_bin_dir()
+    init_postgres(bin_dir)
+    t0 = time.monotonic()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(bin_dir / "postgres"), "-D", str(home / "data")],
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **_as_postgres_user(),
+        )
+    state["postgres"] = {"pid": proc.pid, "url": POSTGRES_URL, "started_at": time.time()}
+    save_state(state)
+    deadline = t0 + START_TIMEOUT
+    while not postgres_ready():
+        if proc.poll() is not None:
+            raise BrokerError(f"postgres: the process exited during start-up\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise BrokerError(f"postgres: no answer on {HOST}:{POSTGRES_PORT}\n{tail(log)}")
+        time.sleep(0.1)
+    create_postgres_db(bin_dir)
+    say(f"postgres up in {time.monotonic() - t0:.1f} s ({HOST}:{POSTGRES_PORT}, pid {proc.pid})")
+
+
+def stop_postgres(state: dict[str, Any], hard: bool = False) -> None:
+    """Fast shutdown (SIGINT: sessions are ended, nothing waits for clients); SIGKILL when
+    hard or when it does not exit in time."""
+    pid = (state.get("postgres") or {}).get("pid")
+    if not pid or not pid_alive(pid, "postgres"):
+        say("postgres: not running")
+    else:
+        t0 = time.monotonic()
+        members = family(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL if hard else signal.SIGINT)
+        deadline = time.monotonic() + (2.0 if hard else STOP_TIMEOUT)
+        while left := still_running(members):
+            if time.monotonic() > deadline:
+                for member in left:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member, signal.SIGKILL)
+            time.sleep(0.05)
+        verb = "killed" if hard else "stopped"
+        say(f"postgres: {verb} pid {pid} in {time.monotonic() - t0:.1f} s")
+    if "postgres" in state:
+        state["postgres"]["pid"] = None
+        save_state(state)
+
+
+def postgres_status(state: dict[str, Any]) -> int:
+    """Print PostgreSQL's line of ``status``; 1 when it is down."""
+    pid = (state.get("postgres") or {}).get("pid")
+    answers = postgres_ready()
+    if pid and pid_alive(pid, "postgres"):
+        health = "answers" if answers else "NOT answering"
+        say(f"postgres: running pid {pid}, {HOST}:{POSTGRES_PORT} {health}")
+        return 0 if answers else 1
+    if answers:
+        say(f"postgres: {HOST}:{POSTGRES_PORT} answers (not started by this tool)")
+        return 0
+    say("postgres: down")
+    return 1
+
+
+def postgres_env() -> None:
+    say(f"export STREAMLIB_TEST_POSTGRES={POSTGRES_URL}")
+
+
 # --------------------------------------------------------------------------- commands
 
-STARTERS = {"kafka": start_kafka, "rabbit": start_rabbit}
+STARTERS = {"kafka": start_kafka, "rabbit": start_rabbit, "postgres": start_postgres}
 
 
 def stop_broker(state: dict[str, Any], broker: str, hard: bool = False) -> None:
+    if broker == "postgres":
+        return stop_postgres(state, hard)
     entry = state.get(broker) or {}
     pid = entry.get("pid")
     if pid and pid_alive(pid, broker):
@@ -839,7 +1066,7 @@ def cmd_down() -> None:
             else:
                 terminate(epmd_pid, "epmd", timeout=5)
                 say(f"epmd: stopped pid {epmd_pid}")
-        for sub in ("kafka", "rabbit"):
+        for sub in ("kafka", "rabbit", "postgres"):
             shutil.rmtree(BASE / sub, ignore_errors=True)
         STATE_FILE.unlink(missing_ok=True)
     LOCK_FILE.unlink(missing_ok=True)
@@ -887,6 +1114,7 @@ def cmd_status() -> int:
         else:
             say(f"{broker}: down")
             down += 1
+    down += postgres_status(state)
     say(f"data: {BASE}")
     return 3 if down else 0
 
@@ -909,6 +1137,7 @@ def cmd_env() -> None:
     say(f"export STREAMLIB_TEST_KAFKA_PROXIED_TARGET={HOST}:{KAFKA_PROXIED_PORT}")
     say(f"export STREAMLIB_TEST_RABBIT={RABBIT_URL}")
     say(f"export STREAMLIB_TEST_RABBIT_NODE={RABBIT_NODE}")
+    postgres_env()
     say(f"export STREAMLIB_BROKERS_TOOL={Path(__file__).resolve()}")
     # A second pair: commands run with these variables (broker_ctl, rabbitmqctl) reach it too.
     for name in LAUNCHER_SETTINGS:

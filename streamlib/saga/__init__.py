@@ -7,14 +7,18 @@ from .definition import Backoff, Local, Remote, Saga, Step, StepFailed
 from .events import DEFAULT_EVENTS_DESTINATION, SagaEvent, SagaEventType
 from .orchestrator import Orchestrator
 from .participant import Participant
+from .postgres_store import PostgresSagaStore
 from .sqlite_store import SqliteSagaStore
 from .store import (
     DedupeRecord,
     HistoryEntry,
     MemorySagaStore,
+    OutboxMessage,
     SagaRecord,
     SagaState,
     SagaStore,
+    StaleSagaError,
+    StoreTransaction,
     Wait,
 )
 
@@ -26,7 +30,9 @@ __all__ = [
     "Local",
     "MemorySagaStore",
     "Orchestrator",
+    "OutboxMessage",
     "Participant",
+    "PostgresSagaStore",
     "Remote",
     "Saga",
     "SagaEvent",
@@ -35,7 +41,9 @@ __all__ = [
     "SagaState",
     "SagaStore",
     "SqliteSagaStore",
+    "StaleSagaError",
     "Step",
     "StepFailed",
+    "StoreTransaction",
     "Wait",
 ]

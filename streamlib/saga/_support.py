@@ -37,7 +37,19 @@ def named(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     return fn
 
 
+def store_from(location: str, schema: str | None = None) -> SagaStore:
+    """``postgresql://...`` (or ``postgres://``): a PostgresSagaStore in ``schema``; anything
+    else: the path of a SQLite file."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from .postgres_store import PostgresSagaStore
+
+        return PostgresSagaStore(location, schema=schema or "public")
+    return SqliteSagaStore(Path(location))
+
+
 def config_store(app: StreamApp) -> SagaStore:
-    """The store configured by ``saga.store`` (a SQLite file path; default ``saga.db``)."""
-    path = app.config.saga.get("store") or DEFAULT_STORE_PATH
-    return SqliteSagaStore(Path(str(path)))
+    """The store configured by ``saga.store`` (a SQLite file path or a PostgreSQL URL; default
+    ``saga.db``) and ``saga.schema`` (PostgreSQL only)."""
+    location = app.config.saga.get("store") or DEFAULT_STORE_PATH
+    schema = app.config.saga.get("schema")
+    return store_from(str(location), str(schema) if schema else None)

@@ -1,22 +1,33 @@
-"""``streamlib saga list`` and ``streamlib saga show ID``: read a saga store and print it.
+"""``streamlib saga``: list, show, retry/compensate/skip and prune sagas in a store, and print
+a saga's diagram.
 
-The store is ``--store PATH``, else ``saga.store`` from the configuration (``--config``,
-``$STREAMLIB_CONFIG`` or ``./streamlib.yaml``), else ``saga.db``.
+The store is ``--store PATH|URL``, else ``saga.store`` from the configuration (``--config``,
+``$STREAMLIB_CONFIG`` or ``./streamlib.yaml``), else ``saga.db``; a ``postgresql://`` URL is a
+PostgreSQL store (schema ``--schema``, else ``saga.schema``, else ``public``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import inspect
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import load_config
 from ..errors import StreamlibError
-from ._support import DEFAULT_STORE_PATH
-from .sqlite_store import SqliteSagaStore
-from .store import SagaRecord, SagaState
+from ._support import DEFAULT_STORE_PATH, store_from
+from .definition import Saga
+from .operations import mermaid, resolve
+from .store import SagaRecord, SagaState, SagaStore, StaleSagaError
+
+T = TypeVar("T")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -29,23 +40,73 @@ def add_commands(subparsers: Any) -> None:
     )
     show = commands.add_parser("show", help="a saga's state, data and history")
     show.add_argument("id", help="saga id")
-    for parser in (listing, show):
-        parser.add_argument("--store", help="SQLite saga store (default: saga.store or saga.db)")
+    parsers = [listing, show]
+    for action, text in (
+        ("retry", "run the failing step or compensation of a needs_attention saga again"),
+        ("compensate", "compensate the steps a needs_attention saga has done"),
+        ("skip", "treat the failing step or compensation of a needs_attention saga as done"),
+    ):
+        parser = commands.add_parser(action, help=text)
+        parser.add_argument("id", help="saga id")
+        parser.set_defaults(func=_resolve, action=action)
+        parsers.append(parser)
+    prune = commands.add_parser(
+        "prune", help="delete finished sagas and de-duplication records older than an age"
+    )
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.set_defaults(func=_prune)
+    parsers.append(prune)
+    for parser in parsers:
+        parser.add_argument(
+            "--store", help="SQLite file or postgresql:// URL (default: saga.store or saga.db)"
+        )
+        parser.add_argument("--schema", help="PostgreSQL schema (default: saga.schema or public)")
         parser.add_argument("--config", help="YAML config file to read saga.store from")
     listing.set_defaults(func=_list)
     show.set_defaults(func=_show)
+    diagram = commands.add_parser("diagram", help="a saga's steps as a Mermaid flowchart")
+    diagram.add_argument("saga", metavar="MODULE:NAME", help="a Saga object, e.g. orders:saga")
+    diagram.set_defaults(func=_diagram)
 
 
 def store_path(args: argparse.Namespace) -> Path:
-    """The store named on the command line or in the configuration; it must exist."""
-    if args.store:
-        path = Path(args.store)
-    else:
-        config = load_config(args.config)
-        path = Path(str(config.saga.get("store") or DEFAULT_STORE_PATH))
+    """The SQLite store named on the command line or in the configuration; it must exist."""
+    location = _location(args)
+    path = Path(location)
     if not path.is_file():
         raise StreamlibError(f"no saga store at {path}")
     return path
+
+
+def _location(args: argparse.Namespace) -> str:
+    if args.store:
+        return str(args.store)
+    config = load_config(args.config)
+    return str(config.saga.get("store") or DEFAULT_STORE_PATH)
+
+
+def open_store(args: argparse.Namespace) -> SagaStore:
+    """The store named on the command line or in the configuration (a SQLite file must
+    exist)."""
+    location = _location(args)
+    if location.startswith(("postgresql://", "postgres://")):
+        schema = args.schema
+        if schema is None and not args.store:
+            schema = load_config(args.config).saga.get("schema")
+        return store_from(location, str(schema) if schema else None)
+    return store_from(str(store_path(args)))
+
+
+def _with_store(args: argparse.Namespace, fn: Callable[[SagaStore], Awaitable[T]]) -> T:
+    store = open_store(args)
+
+    async def run() -> T:
+        try:
+            return await fn(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
 
 
 def _time(epoch: float) -> str:
@@ -57,11 +118,8 @@ def _step(record: SagaRecord) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = SqliteSagaStore(store_path(args))
-    try:
-        records = asyncio.run(store.list(SagaState(args.state) if args.state else None))
-    finally:
-        store.close()
+    state = SagaState(args.state) if args.state else None
+    records = _with_store(args, lambda store: store.list(state))
     print(f"{'ID':<36}  {'SAGA':<20}  {'STATE':<15}  STEP  {'UPDATED (UTC)':<23}  ERROR")
     for r in records:
         print(
@@ -73,15 +131,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = SqliteSagaStore(store_path(args))
-
-    async def read() -> tuple[SagaRecord | None, list[Any]]:
+    async def read(store: SagaStore) -> tuple[SagaRecord | None, list[Any]]:
         return await store.get(args.id), await store.history(args.id)
 
-    try:
-        record, history = asyncio.run(read())
-    finally:
-        store.close()
+    record, history = _with_store(args, read)
     if record is None:
         raise StreamlibError(f"no saga {args.id}")
     print(f"saga     {record.id}")
@@ -91,6 +144,8 @@ def _show(args: argparse.Namespace) -> int:
     if record.error:
         print(f"error    {record.error}")
     print(f"data     {record.data}")
+    if record.owner:
+        print(f"owner    {record.owner} (lease until {_time(record.lease_until or 0)})")
     print(f"created  {_time(record.created_at)}")
     print(f"updated  {_time(record.updated_at)}")
     print("history:")
@@ -99,4 +154,40 @@ def _show(args: argparse.Namespace) -> int:
         if e.detail:
             parts.append(e.detail)
         print("  " + "  ".join(parts))
+    return 0
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    try:
+        record = _with_store(args, lambda store: resolve(store, args.id, args.action))
+    except (LookupError, ValueError, StaleSagaError) as exc:
+        raise StreamlibError(str(exc)) from None
+    print(f"saga {record.id}: {args.action}; now {record.state.value} at step {_step(record)}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    before = time.time() - args.older_than * 86400
+    count = _with_store(args, lambda store: store.prune(before))
+    print(f"pruned {count} row(s) older than {_time(before)}")
+    return 0
+
+
+def _diagram(args: argparse.Namespace) -> int:
+    module_name, _, attribute = args.saga.partition(":")
+    if not attribute:
+        raise StreamlibError(f"{args.saga!r}: expected MODULE:NAME, e.g. orders:saga")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise StreamlibError(f"cannot load {args.saga}: {exc}") from None
+    if inspect.isfunction(target):
+        target = target()  # a factory such as order_saga(); its defaults name destinations
+    if not isinstance(target, Saga):
+        raise StreamlibError(f"{args.saga} is a {type(target).__name__}, not a Saga")
+    print(mermaid(target))
     return 0

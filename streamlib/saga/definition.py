@@ -33,6 +33,9 @@ CommandFn = Callable[[D], BaseModel]
 """Builds a remote step's command from the saga data (it may be rebuilt on re-send)."""
 ReplyFn = Callable[[D, Any], D | None]
 """Reads a success reply's payload (decoded JSON) into the saga data."""
+ProbeFn = Callable[[D], Awaitable[bool | None]]
+"""Checks whether a remote step whose reply never came took effect: True (it did), False (it
+did not) or None (still unknown)."""
 
 
 class StepFailed(Exception):
@@ -102,6 +105,7 @@ class Step(Generic[D]):
         self.compensation: Action[D] | None = None
         self.retriable = retriable
         self.timeout = timeout
+        self.probe_fn: ProbeFn[D] | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -128,6 +132,17 @@ class Step(Generic[D]):
         if not isinstance(self.action, Remote):
             raise TypeError(f"step {self.name!r} is local: it has no reply")
         self.action = Remote(self.action.destination, self.action.command, self.action.name, fn)
+        return fn
+
+    def probe(self, fn: ProbeFn[D]) -> ProbeFn[D]:
+        """Decorator: ``async def probe(data) -> bool | None`` asks whether this remote step
+        took effect when its reply did not come in time, before the saga compensates it (or
+        re-sends it). True: the step counts as done; False: it counts as not done; None or an
+        exception: unknown, asked again after the saga's ``retry_backoff``, and when that is
+        used up the step is handled as without a probe."""
+        if not isinstance(self.action, Remote):
+            raise TypeError(f"step {self.name!r} is local: its outcome is never unknown")
+        self.probe_fn = _coroutine(fn)  # type: ignore[assignment]
         return fn
 
     def _set_compensation(self, action: Action[D]) -> None:

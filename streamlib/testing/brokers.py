@@ -1,9 +1,9 @@
 """Where the tests find real brokers, and helpers to inspect and disturb them.
 
-Resolution, for Kafka and RabbitMQ alike:
+Resolution, for Kafka, RabbitMQ and PostgreSQL alike:
 
 1. ``STREAMLIB_TEST_KAFKA`` (``host:port[,host:port]``) / ``STREAMLIB_TEST_RABBIT``
-   (``amqp://`` URL) from the environment;
+   (``amqp://`` URL) / ``STREAMLIB_TEST_POSTGRES`` (``postgresql://`` URL) from the environment;
 2. the brokers started by ``tools/brokers.py up`` (``make brokers``), found through its state
    file in ``$STREAMLIB_BROKERS_DIR`` (default ``/tmp/streamlib-brokers``);
 3. Testcontainers, when a Docker engine answers and the ``testcontainers`` package is installed;
@@ -36,15 +36,18 @@ from streamlib.config import redact_url
 
 KAFKA_ENV = "STREAMLIB_TEST_KAFKA"
 RABBIT_ENV = "STREAMLIB_TEST_RABBIT"
+POSTGRES_ENV = "STREAMLIB_TEST_POSTGRES"
 RABBIT_NODE_ENV = "STREAMLIB_TEST_RABBIT_NODE"
 RABBITMQCTL_ENV = "STREAMLIB_TEST_RABBITMQCTL"
 BROKERS_TOOL_ENV = "STREAMLIB_BROKERS_TOOL"
 BROKERS_DIR_ENV = "STREAMLIB_BROKERS_DIR"
 KAFKA_IMAGE_ENV = "STREAMLIB_TEST_KAFKA_IMAGE"
 RABBIT_IMAGE_ENV = "STREAMLIB_TEST_RABBIT_IMAGE"
+POSTGRES_IMAGE_ENV = "STREAMLIB_TEST_POSTGRES_IMAGE"
 
 DEFAULT_RABBIT_NODE = "streamlib@localhost"
 DEFAULT_RABBIT_IMAGE = "rabbitmq:3-management"
+DEFAULT_POSTGRES_IMAGE = "postgres:16"
 CONNECT_TIMEOUT = 2.0
 
 HOW_TO_GET_BROKERS = (
@@ -80,7 +83,7 @@ def _launcher_state() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _launcher_address(broker: Broker) -> str | None:
+def _launcher_address(broker: Broker | Literal["postgres"]) -> str | None:
     """Address of a broker that tools/brokers.py started and that is still running."""
     entry = _launcher_state().get(broker)
     if not isinstance(entry, dict) or not entry.get("pid"):
@@ -177,7 +180,7 @@ def _amqp_answers(host: str, port: int) -> bool:
     return head == b"\x01"
 
 
-def _from_testcontainers(broker: Broker) -> str | None:
+def _from_testcontainers(broker: Broker | Literal["postgres"]) -> str | None:
     if not _docker_answers():
         return None
     try:
@@ -188,6 +191,8 @@ def _from_testcontainers(broker: Broker) -> str | None:
             f"(pip install testcontainers), so there is no {broker} broker. " + HOW_TO_GET_BROKERS
         )
     try:
+        if broker == "postgres":
+            return _start_postgres_container()
         return _start_kafka_container() if broker == "kafka" else _start_rabbit_container()
     except Exception as exc:
         pytest.fail(f"Testcontainers could not start {broker}: {exc!r}. " + HOW_TO_GET_BROKERS)
@@ -222,6 +227,63 @@ def kafka_bootstrap() -> str:
 def rabbit_url() -> str:
     """AMQP URL of a RabbitMQ broker that answers; fails otherwise."""
     return _resolve("rabbit", RABBIT_ENV)
+
+
+def _start_postgres_container() -> str:
+    from testcontainers.core.container import DockerContainer
+
+    container: Any = DockerContainer(os.environ.get(POSTGRES_IMAGE_ENV, DEFAULT_POSTGRES_IMAGE))
+    container = container.with_env("POSTGRES_USER", "streamlib")
+    container = container.with_env("POSTGRES_PASSWORD", "streamlib")
+    container = container.with_env("POSTGRES_DB", "streamlib").with_exposed_ports(5432)
+    container.start()
+    if not _containers:
+        atexit.register(_stop_containers)
+    _containers.append(container)
+    host = str(container.get_container_host_ip())
+    port = int(container.get_exposed_port(5432))
+    deadline = time.monotonic() + 120.0
+    # The image's entrypoint runs a temporary server for its set-up first: the real one is
+    # ready at the second "ready" line.
+    while b"".join(container.get_logs()).count(b"ready to accept connections") < 2:
+        if time.monotonic() > deadline:
+            pytest.fail(f"PostgreSQL container at {host}:{port} did not get ready in 120 s")
+        time.sleep(0.5)
+    return f"postgresql://streamlib:streamlib@{host}:{port}/streamlib"
+
+
+def postgres_url() -> str:
+    """URL (``postgresql://...``) of a PostgreSQL server that answers: ``$STREAMLIB_TEST_POSTGRES``,
+    else the one ``tools/brokers.py up postgres`` started, else a Testcontainers container where
+    Docker answers; fails otherwise."""
+    if "postgres" not in _resolved:
+        url = (
+            os.environ.get(POSTGRES_ENV, "").strip()
+            or _launcher_address("postgres")
+            or _from_testcontainers("postgres")
+            or ""
+        )
+        if not url:
+            pytest.fail(
+                "No PostgreSQL server for this test. Start the project's with "
+                f"`python3 tools/brokers.py up postgres`, or set {POSTGRES_ENV}="
+                "postgresql://user:password@host:5432/db (or run a Docker engine).",
+                pytrace=False,
+            )
+        _resolved["postgres"] = url
+    require_postgres(_resolved["postgres"])
+    return _resolved["postgres"]
+
+
+def require_postgres(url: str) -> None:
+    """Fail the test at once when the PostgreSQL server does not accept a TCP connection."""
+    parts = urlsplit(url)
+    if not _tcp_answers(parts.hostname or "127.0.0.1", parts.port or 5432):
+        pytest.fail(
+            f"PostgreSQL at {redact_url(url)} does not answer (TCP connect failed within "
+            f"{CONNECT_TIMEOUT:.0f} s). Start it with `python3 tools/brokers.py up postgres`.",
+            pytrace=False,
+        )
 
 
 # --------------------------------------------------------------------------- liveness

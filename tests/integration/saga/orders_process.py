@@ -1,7 +1,9 @@
 """The example's orders service as its own OS process, for the crash trials.
 
 Reads its settings from the JSON in ``$SAGA_TRIAL`` (binder config, destination names, store
-path), prints ``ready`` once its bindings run, and runs until killed.
+path or PostgreSQL URL and schema, instance name), prints ``ready`` once its bindings run, and
+runs until killed. A restarted process keeps its instance name, so it takes its sagas back
+without waiting for their leases to expire.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples" / "saga"
 
 from orders import OrdersService
 
-from streamlib.saga import SqliteSagaStore
+from streamlib.saga._support import store_from
 
 
 async def main() -> None:
     spec = json.loads(os.environ["SAGA_TRIAL"])
     names = spec["names"]
+    config = dict(spec["config"])
+    config["saga"] = {**config.get("saga", {}), "instance": spec.get("instance", "orders-trial")}
+    if "lease" in spec:
+        config["saga"]["lease"] = spec["lease"]
     service = OrdersService(
-        spec["config"],
-        store=SqliteSagaStore(spec["store"]),
+        config,
+        store=store_from(spec["store"], spec.get("schema")),
         payments=names["payments"],
         inventory=names["inventory"],
         requests=names["requests"],

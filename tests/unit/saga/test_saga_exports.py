@@ -10,7 +10,9 @@ def test_public_names_are_pinned() -> None:
         "Local",
         "MemorySagaStore",
         "Orchestrator",
+        "OutboxMessage",
         "Participant",
+        "PostgresSagaStore",
         "Remote",
         "Saga",
         "SagaEvent",
@@ -19,8 +21,10 @@ def test_public_names_are_pinned() -> None:
         "SagaState",
         "SagaStore",
         "SqliteSagaStore",
+        "StaleSagaError",
         "Step",
         "StepFailed",
+        "StoreTransaction",
         "Wait",
     }
     for name in streamlib.saga.__all__:

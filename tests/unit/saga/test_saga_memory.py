@@ -236,6 +236,10 @@ async def test_restarted_orchestrator_resends_the_pending_command(
         wait=Wait.REPLY,
         command_id="cmd-before-crash",
         deadline=time.time() + 60,
+        # Its owner died before the command went out: its lease expired.
+        owner="orders-dead",
+        lease_until=time.time() - 1,
+        fence=3,
     )
     await store.create(pending)
     async with system.running():

@@ -1,4 +1,5 @@
-"""The SQLite saga store, the CLI that reads it, and definition checks."""
+"""The CLI that reads a saga store, and definition checks (the stores themselves:
+tests/integration/saga/test_saga_store_suite.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pydantic import BaseModel
 
 from streamlib.cli import main
 from streamlib.saga import (
-    DedupeRecord,
     HistoryEntry,
     Saga,
     SagaRecord,
@@ -40,25 +40,6 @@ async def fill(path: Path) -> None:
         error="create_order: ledger is locked",
     )
     await store.create(stuck, HistoryEntry("s-2", "needs attention", "create_order", "5 times"))
-    await store.aclose()
-
-
-async def test_sqlite_store_keeps_records_history_and_dedupe(tmp_path: Path) -> None:
-    path = tmp_path / "saga.db"
-    await fill(path)
-    store = SqliteSagaStore(path)
-    record = await store.get("s-1")
-    assert record is not None
-    assert (record.state, record.step, record.data) == (SagaState.COMPLETED, 2, {"n": 1})
-    assert [r.id for r in await store.list(SagaState.NEEDS_ATTENTION)] == ["s-2"]
-    assert [r.id for r in await store.list()] == ["s-1", "s-2"]
-    assert [e.event for e in await store.history("s-1")] == ["started", "completed"]
-    with pytest.raises(ValueError):
-        await store.create(record)
-    assert await store.put_dedupe(DedupeRecord("c-1", "success", b"{}"))
-    assert not await store.put_dedupe(DedupeRecord("c-1", "failure", b"{}"))
-    answer = await store.get_dedupe("c-1")
-    assert answer is not None and (answer.outcome, answer.body) == ("success", b"{}")
     await store.aclose()
 
 
