@@ -83,7 +83,10 @@ class Supervisor:
         self._failed = asyncio.Event()
 
     def spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
-        self.tasks[what] = asyncio.create_task(self._watch(what, coro), name=what)
+        task = asyncio.create_task(self._watch(what, coro), name=what)
+        # A task cancelled before its first step never awaits ``coro``: close it then.
+        task.add_done_callback(lambda _: coro.close())
+        self.tasks[what] = task
 
     async def _watch(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
         try:
