@@ -26,8 +26,11 @@ from .retry import RetryPolicy
 log = logging.getLogger("streamlib.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
+ErrorListener = Callable[[str, Exception], None]
+"""``fn(handler_name, exception)``: told of every failure of a handler or of its output."""
 L = TypeVar("L", bound=RefreshListener)
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 DEFAULT_BINDER_TYPE = "memory"
 
@@ -35,6 +38,27 @@ DEFAULT_BINDER_TYPE = "memory"
 # fifths, the rest is kept for flushing producers and closing binders.
 DRAIN_SHARE = 0.8
 FLUSH_SHARE = 0.9
+
+
+class _ReportedDecoder(PayloadDecoder):
+    """A handler's decoder that tells the error listeners of a body it cannot decode."""
+
+    __slots__ = ("_handler", "_listeners")
+
+    def __init__(
+        self, handler: Handler, listeners: Collection[ErrorListener], content_type: str | None
+    ) -> None:
+        super().__init__(handler.payload_type, content_type)
+        self._handler = handler.name
+        self._listeners = list(listeners)
+
+    def __call__(self, body: bytes, headers: dict[str, Any]) -> Any:
+        try:
+            return super().__call__(body, headers)
+        except Exception as exc:
+            for listener in self._listeners:
+                listener(self._handler, exc)
+            raise
 
 
 class StreamApp:
@@ -60,6 +84,8 @@ class StreamApp:
         self._binding_defaults: dict[str, dict[str, Any]] = {}
         self._live = LiveConfig(lambda: self.config)
         self._dispatchers: dict[str, HandlerDispatcher] = {}
+        self._error_listeners: list[ErrorListener] = []
+        self._binder_override: tuple[str, dict[str, Any]] | None = None
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -170,6 +196,9 @@ class StreamApp:
         self, binding: str, props: BindingProperties
     ) -> tuple[str, str, dict[str, Any], str]:
         """(binder name, type, settings, key path for errors) of a binding's binder."""
+        if self._binder_override is not None:
+            forced, forced_settings = self._binder_override
+            return forced, forced, dict(forced_settings), "default-binder"
         cfg = self.config
         if props.binder:
             name, key = props.binder, f"bindings.{binding}.binder"
@@ -253,6 +282,25 @@ class StreamApp:
             return await out.send(payload, key, headers)
         return await self._dynamic.send(destination, payload, key, headers)
 
+    def _reported(
+        self, handler: Handler, call: Callable[[Any], Awaitable[T]]
+    ) -> Callable[[Any], Awaitable[T]]:
+        """``call``, telling the error listeners (a test) of each exception it raises; the
+        exception still goes on to retry, DLQ or the log."""
+        if not self._error_listeners:
+            return call
+        listeners = list(self._error_listeners)
+
+        async def reported(arg: Any) -> T:
+            try:
+                return await call(arg)
+            except Exception as exc:
+                for listener in listeners:
+                    listener(handler.name, exc)
+                raise
+
+        return reported
+
     def _dispatcher(
         self, handler: Handler, name: str, props: BindingProperties
     ) -> HandlerDispatcher:
@@ -261,15 +309,22 @@ class StreamApp:
             out_name = handler.output_binding
             assert out_name is not None
 
-            async def emit(result: Any) -> Awaitable[None] | None:
+            async def send_result(result: Any) -> Awaitable[None] | None:
                 if isinstance(result, Message) and result.destination:
                     return await self._send(result.destination, result)
                 return await self._outputs[out_name].send(result)
 
+            emit = self._reported(handler, send_result)
+
+        decoder = (
+            _ReportedDecoder(handler, self._error_listeners, props.content_type)
+            if self._error_listeners
+            else PayloadDecoder(handler.payload_type, props.content_type)
+        )
         return HandlerDispatcher(
             name,
-            handler.call,
-            PayloadDecoder(handler.payload_type, props.content_type),
+            self._reported(handler, handler.call),
+            decoder,
             handler.wants_message,
             RetryPolicy.from_properties(props.consumer),
             props.consumer.dlq,
@@ -325,11 +380,16 @@ class StreamApp:
     async def _poll(self, handler: Handler) -> None:
         assert handler.output_binding is not None and handler.interval is not None
         output = self._outputs[handler.output_binding]
+
+        async def poll_once(_: None) -> None:
+            result = await handler.call(None)
+            if result is not None:
+                await (await output.send(result))
+
+        poll = self._reported(handler, poll_once)
         while True:
             try:
-                result = await handler.call(None)
-                if result is not None:
-                    await (await output.send(result))
+                await poll(None)
             except Exception:
                 log.exception(
                     "source %s failed; polling again in %.3gs", handler.name, handler.interval

@@ -280,3 +280,8 @@ class MemoryBinder(BaseBinder):
         for binding in self._bindings:
             await binding.unbind()
         self._bindings.clear()
+
+
+def drop_memory_broker(namespace: str) -> None:
+    """Forget the broker of ``namespace`` and every message it holds."""
+    _brokers.pop(namespace, None)
