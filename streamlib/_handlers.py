@@ -29,6 +29,8 @@ class Handler:
     payload_type: Any
     wants_message: bool
     interval: float | None = None
+    result_type: Any = Any
+    """What the function is annotated to return (``T`` of ``Message[T]``, ``None`` removed)."""
 
     @property
     def input_binding(self) -> str | None:
@@ -49,12 +51,22 @@ def _payload_type(fn: Callable[..., Any], kind: Kind) -> tuple[Any, bool]:
         raise ConfigError(
             "", f"{kind.value} {fn.__qualname__} must take exactly one argument (the payload)"
         )
-    hints = typing.get_type_hints(fn)
-    hint = hints.get(params[0].name, Any)
+    hint = typing.get_type_hints(fn).get(params[0].name, Any)
     if typing.get_origin(hint) is Message or hint is Message:
         args = typing.get_args(hint)
         return (args[0] if args else Any), True
     return hint, False
+
+
+def _result_type(hints: dict[str, Any]) -> Any:
+    hint = hints.get("return", Any)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and len(args) == 1 and typing.get_origin(hint) is not Message:
+        hint = args[0]  # Optional[T]
+    if typing.get_origin(hint) is Message or hint is Message:
+        inner = typing.get_args(hint)
+        return inner[0] if inner else Any
+    return hint
 
 
 def _awaitable_call(
@@ -73,12 +85,16 @@ def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = No
     name = getattr(fn, "__name__", None)
     if not name or name == "<lambda>":
         raise ConfigError("", f"a {kind.value} must be a named function")
+    hints = typing.get_type_hints(fn)
     if kind is Kind.SOURCE:
         if any(
             p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             for p in inspect.signature(fn).parameters.values()
         ):
             raise ConfigError("", f"source {fn.__qualname__} must take no arguments")
-        return Handler(kind, name, _awaitable_call(fn, name, False), None, False, interval)
+        call = _awaitable_call(fn, name, False)
+        return Handler(kind, name, call, None, False, interval, _result_type(hints))
     payload_type, wants_message = _payload_type(fn, kind)
-    return Handler(kind, name, _awaitable_call(fn, name, True), payload_type, wants_message)
+    call = _awaitable_call(fn, name, True)
+    result = _result_type(hints) if kind is Kind.PROCESSOR else None
+    return Handler(kind, name, call, payload_type, wants_message, None, result)

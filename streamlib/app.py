@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,10 +15,17 @@ from pydantic import BaseModel
 
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
-from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender
+from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender, check_partition_key
 from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
-from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
+from .config import (
+    BindingProperties,
+    StreamConfig,
+    blame_environment,
+    deep_merge,
+    did_you_mean,
+    normalize_key,
+)
 from .converters import PayloadDecoder
 from .errors import ConfigError, StreamlibError
 from .messages import Message
@@ -33,6 +42,7 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 DEFAULT_BINDER_TYPE = "memory"
+_INPUT_BINDING = re.compile(r".+[-_]in[-_]\d+", re.I)
 
 # Shares of shutdown-timeout by which stop's steps must be done: handlers get the first four
 # fifths, the rest is kept for flushing producers and closing binders.
@@ -245,9 +255,38 @@ class StreamApp:
                     props[name] = cfg.binding(name)
         for name in cfg.bindings:
             props.setdefault(name, cfg.binding(name))
+        self._check_inputs_have_handlers(cfg)
         for name, p in props.items():
             self._binder_for(name, p)
+            cfg.check_partitions(name, p)
+        for handler in self._handlers.values():
+            out = handler.output_binding
+            if out:
+                check_partition_key(
+                    props[out].producer.partition_key,
+                    handler.result_type,
+                    f"bindings.{out}.producer.partition-key",
+                    handler.name,
+                )
         return props
+
+    def _check_inputs_have_handlers(self, cfg: StreamConfig) -> None:
+        """Fail on a configured ``<name>-in-<n>`` binding that no handler consumes when it
+        looks like a misspelling of a handler's input that has no configuration at all.
+
+        Several apps may share one configuration, so an input of another app's handler is
+        left alone; a near miss of an unconfigured input of this app is the usual typo.
+        """
+        configured = {normalize_key(n) for n in cfg.bindings}
+        inputs = [h.input_binding for h in self._handlers.values() if h.input_binding]
+        unconfigured = [n for n in inputs if normalize_key(n) not in configured]
+        known = {normalize_key(n) for n in inputs}
+        for name in cfg.bindings:
+            if not _INPUT_BINDING.fullmatch(name) or normalize_key(name) in known:
+                continue
+            hint = did_you_mean(name, unconfigured)
+            if hint:
+                raise ConfigError(f"bindings.{name}", "no handler consumes this binding" + hint)
 
     async def _output(self, name: str, props: BindingProperties) -> Output:
         binder = self._binder(name, props)
@@ -335,8 +374,11 @@ class StreamApp:
         """Validate configuration, bind outputs, then consumers, then start sources."""
         if self._running:
             return
-        self._config = self._load_config()
-        props = self._validate()
+        try:
+            self._config = self._load_config()
+            props = self._validate()
+        except ConfigError as exc:
+            raise blame_environment(exc, os.environ) from None
         self._supervisor.reset()
         self._dynamic = DynamicOutputs(
             self._bind_dynamic, self.config.dynamic_destination_cache_size
@@ -552,7 +594,13 @@ class StreamApp:
         """Send to a binding name or any destination and wait for the broker's confirmation.
 
         Like Spring's StreamBridge: an output binding is created on first use, with the
-        settings of ``bindings.<destination>`` if configured.
+        settings of ``bindings.<destination>`` if configured. Raises StreamlibError when the
+        app is not running (nothing would be bound to send with).
         """
+        if not self._running:
+            raise StreamlibError(
+                f"app.send({destination!r}) before the app runs: send inside "
+                "`async with app.run():` (or after `await app.start()`)"
+            )
         confirm = await self._send(destination, payload, key, headers)
         await confirm
