@@ -29,7 +29,14 @@ from .config import (
 from .converters import PayloadDecoder
 from .errors import ConfigError, StreamlibError
 from .messages import Message
-from .refresh import DefaultsProvider, LiveConfig, RefreshListener, RefreshResult, Settings
+from .refresh import (
+    DefaultsProvider,
+    LiveConfig,
+    RefreshListener,
+    RefreshResult,
+    Settings,
+    overrides_tree,
+)
 from .retry import RetryPolicy
 
 log = logging.getLogger("streamlib.app")
@@ -96,6 +103,7 @@ class StreamApp:
         self._dispatchers: dict[str, HandlerDispatcher] = {}
         self._error_listeners: list[ErrorListener] = []
         self._binder_override: tuple[str, dict[str, Any]] | None = None
+        self._override_origin: tuple[frozenset[str], str] = (frozenset(), "")
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -132,6 +140,15 @@ class StreamApp:
         if self._running:
             raise StreamlibError("configuration can only be replaced before the app starts")
         self._config_source = source
+        self._config = None
+
+    def override_config(self, values: Mapping[str, Any], origin: str = "code") -> None:
+        """Set dotted keys (``bindings.bill-in-0.group``) over the file and the environment,
+        before the app starts; errors in them name ``origin`` (``streamlib run --set``)."""
+        if self._running:
+            raise StreamlibError("configuration can only be overridden before the app starts")
+        self._live._overrides = deep_merge(self._live._overrides, overrides_tree(values))
+        self._override_origin = (frozenset(normalize_key(k) for k in values), origin)
         self._config = None
 
     def binding_defaults(self, binding: str, settings: Mapping[str, Any]) -> None:
@@ -378,6 +395,9 @@ class StreamApp:
             self._config = self._load_config()
             props = self._validate()
         except ConfigError as exc:
+            keys, origin = self._override_origin
+            if normalize_key(exc.key) in keys:
+                raise ConfigError(exc.key, f"{exc.reason} (set by {origin})") from None
             raise blame_environment(exc, os.environ) from None
         self._supervisor.reset()
         self._dynamic = DynamicOutputs(
