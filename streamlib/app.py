@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -49,6 +49,8 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 DEFAULT_BINDER_TYPE = "memory"
+DEFAULT_INTERVAL = 1.0
+"""Seconds between polls of a source declared without ``interval`` (Spring's poller's)."""
 _INPUT_BINDING = re.compile(r".+[-_]in[-_]\d+", re.I)
 
 # Shares of shutdown-timeout by which stop's steps must be done: handlers get the first four
@@ -114,26 +116,45 @@ class StreamApp:
             raise StreamlibError("handlers must be registered before the app starts")
         self._handlers[handler.name] = handler
 
-    def processor(self, fn: F) -> F:
-        """Consume ``<fn>-in-0``, send each non-None result to ``<fn>-out-0``."""
-        self._register(make_handler(fn, Kind.PROCESSOR))
-        return fn
+    @overload
+    def processor(self, fn: F, /) -> F: ...
+    @overload
+    def processor(self) -> Callable[[F], F]: ...
+    def processor(self, fn: F | None = None) -> F | Callable[[F], F]:
+        """Consume ``<fn>-in-0``, send each non-None result to ``<fn>-out-0``.
 
-    def sink(self, fn: F) -> F:
-        """Consume ``<fn>-in-0``."""
-        self._register(make_handler(fn, Kind.SINK))
-        return fn
+        ``@app.processor`` and ``@app.processor()`` are the same."""
+        return self._decorate(fn, Kind.PROCESSOR)
 
-    def source(self, *, interval: float) -> Callable[[F], F]:
-        """Call the function every ``interval`` seconds; send non-None results to ``<fn>-out-0``."""
+    @overload
+    def sink(self, fn: F, /) -> F: ...
+    @overload
+    def sink(self) -> Callable[[F], F]: ...
+    def sink(self, fn: F | None = None) -> F | Callable[[F], F]:
+        """Consume ``<fn>-in-0``; ``@app.sink`` and ``@app.sink()`` are the same."""
+        return self._decorate(fn, Kind.SINK)
+
+    @overload
+    def source(self, fn: F, /) -> F: ...
+    @overload
+    def source(self, *, interval: float = DEFAULT_INTERVAL) -> Callable[[F], F]: ...
+    def source(
+        self, fn: F | None = None, *, interval: float = DEFAULT_INTERVAL
+    ) -> F | Callable[[F], F]:
+        """Call the function every ``interval`` seconds (default 1); send non-None results to
+        ``<fn>-out-0``. ``@app.source``, ``@app.source()`` and ``@app.source(interval=5)``."""
         if interval <= 0:
             raise ValueError("interval must be positive")
+        return self._decorate(fn, Kind.SOURCE, interval)
 
-        def decorate(fn: F) -> F:
-            self._register(make_handler(fn, Kind.SOURCE, interval))
-            return fn
+    def _decorate(
+        self, fn: F | None, kind: Kind, interval: float | None = None
+    ) -> F | Callable[[F], F]:
+        def decorate(f: F) -> F:
+            self._register(make_handler(f, kind, interval))
+            return f
 
-        return decorate
+        return decorate if fn is None else decorate(fn)
 
     def use_config(self, source: Mapping[str, Any] | str | Path) -> None:
         """Read configuration from ``source`` instead (before the app starts)."""
