@@ -29,6 +29,8 @@ class Handler:
     payload_type: Any
     wants_message: bool
     interval: float | None = None
+    result_type: Any = Any
+    """What the function is annotated to return (``T`` of ``Message[T]``, ``None`` removed)."""
 
     @property
     def input_binding(self) -> str | None:
@@ -39,7 +41,7 @@ class Handler:
         return None if self.kind is Kind.SINK else f"{self.name}-out-0"
 
 
-def _payload_type(fn: Callable[..., Any], kind: Kind) -> tuple[Any, bool]:
+def _payload_type(fn: Callable[..., Any], kind: Kind, hints: dict[str, Any]) -> tuple[Any, bool]:
     params = [
         p
         for p in inspect.signature(fn).parameters.values()
@@ -49,12 +51,22 @@ def _payload_type(fn: Callable[..., Any], kind: Kind) -> tuple[Any, bool]:
         raise ConfigError(
             "", f"{kind.value} {fn.__qualname__} must take exactly one argument (the payload)"
         )
-    hints = typing.get_type_hints(fn)
     hint = hints.get(params[0].name, Any)
     if typing.get_origin(hint) is Message or hint is Message:
         args = typing.get_args(hint)
         return (args[0] if args else Any), True
     return hint, False
+
+
+def _result_type(hints: dict[str, Any]) -> Any:
+    hint = hints.get("return", Any)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and len(args) == 1 and typing.get_origin(hint) is not Message:
+        hint = args[0]  # Optional[T]
+    if typing.get_origin(hint) is Message or hint is Message:
+        inner = typing.get_args(hint)
+        return inner[0] if inner else Any
+    return hint
 
 
 def _awaitable_call(
@@ -73,12 +85,29 @@ def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = No
     name = getattr(fn, "__name__", None)
     if not name or name == "<lambda>":
         raise ConfigError("", f"a {kind.value} must be a named function")
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise ConfigError(
+            "",
+            f"{kind.value} {name} is an async generator; a handler returns one "
+            "result (return a list, or send each item with app.send)",
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise ConfigError(
+            "",
+            f"{kind.value} {name}: cannot resolve the annotation name {exc.name!r} "
+            "(import it at module level, not inside a function)",
+        ) from None
     if kind is Kind.SOURCE:
         if any(
             p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             for p in inspect.signature(fn).parameters.values()
         ):
             raise ConfigError("", f"source {fn.__qualname__} must take no arguments")
-        return Handler(kind, name, _awaitable_call(fn, name, False), None, False, interval)
-    payload_type, wants_message = _payload_type(fn, kind)
-    return Handler(kind, name, _awaitable_call(fn, name, True), payload_type, wants_message)
+        call = _awaitable_call(fn, name, False)
+        return Handler(kind, name, call, None, False, interval, _result_type(hints))
+    payload_type, wants_message = _payload_type(fn, kind, hints)
+    call = _awaitable_call(fn, name, True)
+    result = _result_type(hints) if kind is Kind.PROCESSOR else None
+    return Handler(kind, name, call, payload_type, wants_message, None, result)

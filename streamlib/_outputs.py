@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import typing
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
+from pydantic import BaseModel
 
 from .binder import Producer
-from .config import BindingProperties
+from .config import BindingProperties, did_you_mean
 from .converters import encode
 from .errors import ConfigError, MessageConversionError
 from .messages import CONTENT_TYPE, Envelope, Message
@@ -76,6 +78,29 @@ def key_extractor(expression: str | None, key: str) -> KeyExtractor:
         return value
 
     return extract
+
+
+def check_partition_key(expression: str | None, model: Any, key: str, handler: str) -> None:
+    """Fail when ``payload.a.b`` names a field that ``model`` (a handler's annotated result)
+    does not have; nothing is checked where the type is not a pydantic model."""
+    if not expression or not expression.startswith("payload."):
+        return
+    target = model
+    for name in expression.split(".")[1:]:
+        if not (isinstance(target, type) and issubclass(target, BaseModel)):
+            return
+        fields = target.model_fields
+        field = next((f for n, f in fields.items() if name in (n, f.alias)), None)
+        if field is None:
+            raise ConfigError(
+                key,
+                f"{target.__name__} (returned by {handler}) has no field {name!r}"
+                + did_you_mean(name, list(fields)),
+            )
+        target = field.annotation
+        args = [a for a in typing.get_args(target) if a is not type(None)]
+        if len(args) == 1:
+            target = args[0]
 
 
 class Output:

@@ -4,37 +4,80 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
-from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender
+from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender, check_partition_key
 from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
-from .config import BindingProperties, StreamConfig, deep_merge, normalize_key
+from .config import (
+    BindingProperties,
+    StreamConfig,
+    blame_environment,
+    deep_merge,
+    did_you_mean,
+    normalize_key,
+)
 from .converters import PayloadDecoder
 from .errors import ConfigError, StreamlibError
 from .messages import Message
-from .refresh import DefaultsProvider, LiveConfig, RefreshListener, RefreshResult, Settings
+from .refresh import (
+    DefaultsProvider,
+    LiveConfig,
+    RefreshListener,
+    RefreshResult,
+    Settings,
+    overrides_tree,
+)
 from .retry import RetryPolicy
 
 log = logging.getLogger("streamlib.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
+ErrorListener = Callable[[str, Exception], None]
+"""``fn(handler_name, exception)``: told of every failure of a handler or of its output."""
 L = TypeVar("L", bound=RefreshListener)
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 DEFAULT_BINDER_TYPE = "memory"
+DEFAULT_INTERVAL = 1.0
+"""Seconds between polls of a source declared without ``interval`` (Spring's poller's)."""
+_INPUT_BINDING = re.compile(r".+[-_]in[-_]\d+", re.I)
 
 # Shares of shutdown-timeout by which stop's steps must be done: handlers get the first four
 # fifths, the rest is kept for flushing producers and closing binders.
 DRAIN_SHARE = 0.8
 FLUSH_SHARE = 0.9
+
+
+class _ReportedDecoder(PayloadDecoder):
+    """A handler's decoder that tells the error listeners of a body it cannot decode."""
+
+    __slots__ = ("_handler", "_listeners")
+
+    def __init__(
+        self, handler: Handler, listeners: Collection[ErrorListener], content_type: str | None
+    ) -> None:
+        super().__init__(handler.payload_type, content_type)
+        self._handler = handler.name
+        self._listeners = list(listeners)
+
+    def __call__(self, body: bytes, headers: dict[str, Any]) -> Any:
+        try:
+            return super().__call__(body, headers)
+        except Exception as exc:
+            for listener in self._listeners:
+                listener(self._handler, exc)
+            raise
 
 
 class StreamApp:
@@ -60,6 +103,9 @@ class StreamApp:
         self._binding_defaults: dict[str, dict[str, Any]] = {}
         self._live = LiveConfig(lambda: self.config)
         self._dispatchers: dict[str, HandlerDispatcher] = {}
+        self._error_listeners: list[ErrorListener] = []
+        self._binder_override: tuple[str, dict[str, Any]] | None = None
+        self._override_origin: tuple[frozenset[str], str] = (frozenset(), "")
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -70,32 +116,60 @@ class StreamApp:
             raise StreamlibError("handlers must be registered before the app starts")
         self._handlers[handler.name] = handler
 
-    def processor(self, fn: F) -> F:
-        """Consume ``<fn>-in-0``, send each non-None result to ``<fn>-out-0``."""
-        self._register(make_handler(fn, Kind.PROCESSOR))
-        return fn
+    @overload
+    def processor(self, fn: F, /) -> F: ...
+    @overload
+    def processor(self) -> Callable[[F], F]: ...
+    def processor(self, fn: F | None = None) -> F | Callable[[F], F]:
+        """Consume ``<fn>-in-0``, send each non-None result to ``<fn>-out-0``.
 
-    def sink(self, fn: F) -> F:
-        """Consume ``<fn>-in-0``."""
-        self._register(make_handler(fn, Kind.SINK))
-        return fn
+        ``@app.processor`` and ``@app.processor()`` are the same."""
+        return self._decorate(fn, Kind.PROCESSOR)
 
-    def source(self, *, interval: float) -> Callable[[F], F]:
-        """Call the function every ``interval`` seconds; send non-None results to ``<fn>-out-0``."""
+    @overload
+    def sink(self, fn: F, /) -> F: ...
+    @overload
+    def sink(self) -> Callable[[F], F]: ...
+    def sink(self, fn: F | None = None) -> F | Callable[[F], F]:
+        """Consume ``<fn>-in-0``; ``@app.sink`` and ``@app.sink()`` are the same."""
+        return self._decorate(fn, Kind.SINK)
+
+    @overload
+    def source(self, fn: F, /) -> F: ...
+    @overload
+    def source(self, *, interval: float = DEFAULT_INTERVAL) -> Callable[[F], F]: ...
+    def source(
+        self, fn: F | None = None, *, interval: float = DEFAULT_INTERVAL
+    ) -> F | Callable[[F], F]:
+        """Call the function every ``interval`` seconds (default 1); send non-None results to
+        ``<fn>-out-0``. ``@app.source``, ``@app.source()`` and ``@app.source(interval=5)``."""
         if interval <= 0:
             raise ValueError("interval must be positive")
+        return self._decorate(fn, Kind.SOURCE, interval)
 
-        def decorate(fn: F) -> F:
-            self._register(make_handler(fn, Kind.SOURCE, interval))
-            return fn
+    def _decorate(
+        self, fn: F | None, kind: Kind, interval: float | None = None
+    ) -> F | Callable[[F], F]:
+        def decorate(f: F) -> F:
+            self._register(make_handler(f, kind, interval))
+            return f
 
-        return decorate
+        return decorate if fn is None else decorate(fn)
 
     def use_config(self, source: Mapping[str, Any] | str | Path) -> None:
         """Read configuration from ``source`` instead (before the app starts)."""
         if self._running:
             raise StreamlibError("configuration can only be replaced before the app starts")
         self._config_source = source
+        self._config = None
+
+    def override_config(self, values: Mapping[str, Any], origin: str = "code") -> None:
+        """Set dotted keys (``bindings.bill-in-0.group``) over the file and the environment,
+        before the app starts; errors in them name ``origin`` (``streamlib run --set``)."""
+        if self._running:
+            raise StreamlibError("configuration can only be overridden before the app starts")
+        self._live._overrides = deep_merge(self._live._overrides, overrides_tree(values))
+        self._override_origin = (frozenset(normalize_key(k) for k in values), origin)
         self._config = None
 
     def binding_defaults(self, binding: str, settings: Mapping[str, Any]) -> None:
@@ -170,6 +244,9 @@ class StreamApp:
         self, binding: str, props: BindingProperties
     ) -> tuple[str, str, dict[str, Any], str]:
         """(binder name, type, settings, key path for errors) of a binding's binder."""
+        if self._binder_override is not None:
+            forced, forced_settings = self._binder_override
+            return forced, forced, dict(forced_settings), "default-binder"
         cfg = self.config
         if props.binder:
             name, key = props.binder, f"bindings.{binding}.binder"
@@ -216,9 +293,38 @@ class StreamApp:
                     props[name] = cfg.binding(name)
         for name in cfg.bindings:
             props.setdefault(name, cfg.binding(name))
+        self._check_inputs_have_handlers(cfg)
         for name, p in props.items():
             self._binder_for(name, p)
+            cfg.check_partitions(name, p)
+        for handler in self._handlers.values():
+            out = handler.output_binding
+            if out:
+                check_partition_key(
+                    props[out].producer.partition_key,
+                    handler.result_type,
+                    f"bindings.{out}.producer.partition-key",
+                    handler.name,
+                )
         return props
+
+    def _check_inputs_have_handlers(self, cfg: StreamConfig) -> None:
+        """Fail on a configured ``<name>-in-<n>`` binding that no handler consumes when it
+        looks like a misspelling of a handler's input that has no configuration at all.
+
+        Several apps may share one configuration, so an input of another app's handler is
+        left alone; a near miss of an unconfigured input of this app is the usual typo.
+        """
+        configured = {normalize_key(n) for n in cfg.bindings}
+        inputs = [h.input_binding for h in self._handlers.values() if h.input_binding]
+        unconfigured = [n for n in inputs if normalize_key(n) not in configured]
+        known = {normalize_key(n) for n in inputs}
+        for name in cfg.bindings:
+            if not _INPUT_BINDING.fullmatch(name) or normalize_key(name) in known:
+                continue
+            hint = did_you_mean(name, unconfigured)
+            if hint:
+                raise ConfigError(f"bindings.{name}", "no handler consumes this binding" + hint)
 
     async def _output(self, name: str, props: BindingProperties) -> Output:
         binder = self._binder(name, props)
@@ -253,6 +359,25 @@ class StreamApp:
             return await out.send(payload, key, headers)
         return await self._dynamic.send(destination, payload, key, headers)
 
+    def _reported(
+        self, handler: Handler, call: Callable[[Any], Awaitable[T]]
+    ) -> Callable[[Any], Awaitable[T]]:
+        """``call``, telling the error listeners (a test) of each exception it raises; the
+        exception still goes on to retry, DLQ or the log."""
+        if not self._error_listeners:
+            return call
+        listeners = list(self._error_listeners)
+
+        async def reported(arg: Any) -> T:
+            try:
+                return await call(arg)
+            except Exception as exc:
+                for listener in listeners:
+                    listener(handler.name, exc)
+                raise
+
+        return reported
+
     def _dispatcher(
         self, handler: Handler, name: str, props: BindingProperties
     ) -> HandlerDispatcher:
@@ -261,15 +386,22 @@ class StreamApp:
             out_name = handler.output_binding
             assert out_name is not None
 
-            async def emit(result: Any) -> Awaitable[None] | None:
+            async def send_result(result: Any) -> Awaitable[None] | None:
                 if isinstance(result, Message) and result.destination:
                     return await self._send(result.destination, result)
                 return await self._outputs[out_name].send(result)
 
+            emit = self._reported(handler, send_result)
+
+        decoder = (
+            _ReportedDecoder(handler, self._error_listeners, props.content_type)
+            if self._error_listeners
+            else PayloadDecoder(handler.payload_type, props.content_type)
+        )
         return HandlerDispatcher(
             name,
-            handler.call,
-            PayloadDecoder(handler.payload_type, props.content_type),
+            self._reported(handler, handler.call),
+            decoder,
             handler.wants_message,
             RetryPolicy.from_properties(props.consumer),
             props.consumer.dlq,
@@ -280,8 +412,14 @@ class StreamApp:
         """Validate configuration, bind outputs, then consumers, then start sources."""
         if self._running:
             return
-        self._config = self._load_config()
-        props = self._validate()
+        try:
+            self._config = self._load_config()
+            props = self._validate()
+        except ConfigError as exc:
+            keys, origin = self._override_origin
+            if normalize_key(exc.key) in keys:
+                raise ConfigError(exc.key, f"{exc.reason} (set by {origin})") from None
+            raise blame_environment(exc, os.environ) from None
         self._supervisor.reset()
         self._dynamic = DynamicOutputs(
             self._bind_dynamic, self.config.dynamic_destination_cache_size
@@ -325,11 +463,16 @@ class StreamApp:
     async def _poll(self, handler: Handler) -> None:
         assert handler.output_binding is not None and handler.interval is not None
         output = self._outputs[handler.output_binding]
+
+        async def poll_once(_: None) -> None:
+            result = await handler.call(None)
+            if result is not None:
+                await (await output.send(result))
+
+        poll = self._reported(handler, poll_once)
         while True:
             try:
-                result = await handler.call(None)
-                if result is not None:
-                    await (await output.send(result))
+                await poll(None)
             except Exception:
                 log.exception(
                     "source %s failed; polling again in %.3gs", handler.name, handler.interval
@@ -492,7 +635,13 @@ class StreamApp:
         """Send to a binding name or any destination and wait for the broker's confirmation.
 
         Like Spring's StreamBridge: an output binding is created on first use, with the
-        settings of ``bindings.<destination>`` if configured.
+        settings of ``bindings.<destination>`` if configured. Raises StreamlibError when the
+        app is not running (nothing would be bound to send with).
         """
+        if not self._running:
+            raise StreamlibError(
+                f"app.send({destination!r}) before the app runs: send inside "
+                "`async with app.run():` (or after `await app.start()`)"
+            )
         confirm = await self._send(destination, payload, key, headers)
         await confirm

@@ -1,4 +1,6 @@
-"""The ``streamlib`` command: ``run`` an app; ``bus`` and ``saga`` commands when present."""
+"""The streamlib command: run an app; bus and saga commands when present.
+
+Logging options (-v, --log-level) are accepted before or after the subcommand."""
 
 from __future__ import annotations
 
@@ -6,13 +8,17 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import yaml
+
+from . import __version__
 from .app import StreamApp
-from .errors import StreamlibError
+from .errors import ConfigError, StreamlibError
 
 log = logging.getLogger("streamlib.cli")
 
@@ -26,8 +32,17 @@ def load_app(target: str) -> StreamApp:
         raise StreamlibError(f"expected module:app, got {target!r}")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    module = importlib.import_module(module_name)
-    app = getattr(module, attr, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # a module the app imports is missing: its traceback says where
+        raise StreamlibError(f"cannot import {module_name} (from {target}): {exc}") from None
+    app: object = module
+    for part in attr.split("."):
+        if not hasattr(app, part):
+            raise StreamlibError(f"{module_name} has no attribute {attr!r} (from {target})")
+        app = getattr(app, part)
     if not isinstance(app, StreamApp):
         raise StreamlibError(f"{target} is not a StreamApp (got {type(app).__name__})")
     return app
@@ -60,21 +75,71 @@ async def serve(app: StreamApp) -> None:
     log.info("stopped")
 
 
+def _overrides(pairs: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs (dotted keys, values read as YAML scalars) as a mapping."""
+    values: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(pair, "expected KEY=VALUE after --set")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return values
+
+
 def _run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     if args.config:
         app.use_config(args.config)
+    if args.set:
+        app.override_config(_overrides(args.set), "--set")
     asyncio.run(serve(app))
     return 0
 
 
+def _logging_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the logging options wherever they are, the other arguments), so that ``-v`` and
+    ``--log-level`` work after a subcommand too."""
+    found: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            rest.append(arg)
+            rest.extend(args)
+        elif arg in ("-v", "--verbose") or arg.startswith("--log-level="):
+            found.append(arg)
+        elif arg == "--log-level":
+            found.extend([arg, next(args, "")])
+        else:
+            rest.append(arg)
+    return found, rest
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamlib", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamlib {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: INFO; -v is DEBUG)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an app until SIGINT/SIGTERM")
     run.add_argument("app", help="module:attribute of a StreamApp")
     run.add_argument("--config", help="YAML config file (default: ./streamlib.yaml)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a configuration key over file and environment (dotted key, YAML value); "
+        "repeatable",
+    )
     run.set_defaults(func=_run)
     for name in ("streamlib.bus.cli", "streamlib.saga.cli"):
         try:
@@ -88,17 +153,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Run the command; 2 when the app cannot be found or started (one line on stderr)."""
+    parser = _parser()
+    logging_options, rest = _logging_options(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(logging_options + rest)
+    level = args.log_level or ("DEBUG" if args.verbose else "INFO")
+    args.verbose = level == "DEBUG"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Command = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()
+        return code
     except StreamlibError as exc:
         log.error("%s", exc)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and keep the interpreter's final
+        # flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,16 +9,21 @@ then ``STREAMLIB_*`` environment variables with ``__`` between nested keys
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+
+NEAR_MISS = 0.8
+"""How alike (difflib ratio) an unknown name must be to a known one to be called a typo of it."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,6 +33,17 @@ DEFAULT_CONFIG_FILE = "streamlib.yaml"
 
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
+
+
+def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the known name closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def model_keys(model: type[BaseModel]) -> list[str]:
+    """The kebab-case keys a configuration model accepts."""
+    return [field.alias or _kebab(name) for name, field in model.model_fields.items()]
 
 
 def normalize_key(key: str) -> str:
@@ -57,7 +73,7 @@ class ConsumerProperties(_Model):
     partitioned: bool = False
     instance_index: int | None = Field(None, ge=0)
     instance_count: int | None = Field(None, ge=1)
-    instance_index_list: tuple[int, ...] | None = None
+    instance_index_list: tuple[Annotated[int, Field(ge=0)], ...] | None = None
     dlq: bool = False
     auto_startup: bool = True
 
@@ -177,7 +193,36 @@ class StreamConfig(_Model):
                 own = value or {}
                 break
         merged = deep_merge(self.default, own)
-        return validate(BindingProperties, merged, f"bindings.{name}")
+        props = validate(BindingProperties, merged, f"bindings.{name}")
+        for section, model, keys in (
+            ("consumer", ConsumerProperties, props.consumer.extension),
+            ("producer", ProducerProperties, props.producer.extension),
+        ):
+            for key in keys:
+                hint = did_you_mean(key, model_keys(model), NEAR_MISS)
+                if hint:
+                    raise ConfigError(f"bindings.{name}.{section}.{key}", f"unknown key{hint}")
+        return props
+
+    def check_partitions(self, name: str, props: BindingProperties) -> None:
+        """Fail when a partitioned consumer's ``instance-index-list`` names a partition that a
+        producer binding of the same destination, configured here, never writes to."""
+        listed = props.consumer.instance_index_list
+        if not (props.consumer.partitioned and listed):
+            return
+        destination = props.destination or name
+        for other in self.bindings:
+            producer = self.binding(other)
+            if (producer.destination or other) != destination:
+                continue
+            count = producer.producer.partition_count
+            if producer.producer.partitioned and any(p >= count for p in listed):
+                wrong = next(p for p in listed if p >= count)
+                raise ConfigError(
+                    f"bindings.{name}.consumer.instance-index-list",
+                    f"partition {wrong} is not below the partition-count {count} of "
+                    f"bindings.{other} (destination {destination!r})",
+                )
 
     def binder_names(self) -> list[str]:
         return list(self.binders)
@@ -209,10 +254,39 @@ def validate(model: type[M], data: Any, prefix: str = "") -> M:
         loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
         problem = err["msg"]
         if err["type"] == "extra_forbidden":
-            problem = "unknown key"
+            problem = "unknown key" + did_you_mean(str(loc[-1]), _keys_at(model, loc[:-1]))
         elif "input" in err and err["type"] not in ("missing",):
             problem = f"{problem} (got {redact(err['input'], str(loc[-1]) if loc else '')!r})"
         raise ConfigError(_key_path(prefix, loc), problem) from None
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at ``loc`` of ``model`` accepts (none when it is not a model)."""
+    target: Any = model
+    parts = list(loc)
+    while parts:
+        if not (isinstance(target, type) and issubclass(target, BaseModel)):
+            origin = typing.get_origin(target)
+            args = [a for a in typing.get_args(target) if a is not type(None)]
+            if origin is dict and len(args) == 2:
+                parts.pop(0)
+                target = args[1]
+            elif len(args) == 1:
+                target = args[0]
+            else:
+                return []
+            continue
+        part = str(parts.pop(0))
+        field = next(
+            (f for n, f in target.model_fields.items() if part in (n, f.alias, _kebab(n))),
+            None,
+        )
+        if field is None:
+            return []
+        target = field.annotation
+    if isinstance(target, type) and issubclass(target, BaseModel):
+        return model_keys(target)
+    return []
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -245,6 +319,27 @@ def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
         node = child
 
 
+def env_paths(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """Each ``STREAMLIB_*`` variable (sorted) with the key path it names."""
+    return {
+        name: [_kebab(p.lower()) for p in name[len(ENV_PREFIX) :].split("__")]
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX)
+    }
+
+
+def blame_environment(exc: ConfigError, environ: Mapping[str, str]) -> ConfigError:
+    """``exc`` with the variable that set its key (or a section above it) named, if one did."""
+    if not exc.key:
+        return exc
+    wanted = [normalize_key(p) for p in exc.key.split(".")]
+    for name, path in env_paths(environ).items():
+        keys = [normalize_key(p) for p in path]
+        if wanted[: len(keys)] == keys or keys[: len(wanted)] == wanted:
+            return ConfigError(exc.key, f"{exc.reason} (set by {name})")
+    return exc
+
+
 _TOP_LEVEL = {
     normalize_key(field.alias or name) for name, field in StreamConfig.model_fields.items()
 }
@@ -255,18 +350,20 @@ def env_overrides(
 ) -> dict[str, Any]:
     """``data`` with every ``STREAMLIB_*`` variable applied.
 
-    Variables whose first segment is not a top-level key (``STREAMLIB_TEST_KAFKA``,
-    ``STREAMLIB_CONFIG``) belong to tools and are left alone; ``extra_keys`` are further
-    top-level keys the application declared (its settings sections). Values are read as YAML
-    scalars, so ``3`` is a number and ``true`` a boolean.
+    ``extra_keys`` are further top-level keys the application declared (its settings
+    sections). A variable with ``__`` whose first segment is no top-level key, or one without
+    ``__`` that looks like a misspelt top-level key, raises ConfigError naming the variable;
+    other variables (``STREAMLIB_TEST_KAFKA``, ``STREAMLIB_CONFIG``) belong to tools and are
+    left alone. Values are read as YAML scalars, so ``3`` is a number and ``true`` a boolean.
     """
     allowed = _TOP_LEVEL | {normalize_key(k) for k in extra_keys}
     out = deep_merge({}, data)
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [_kebab(p.lower()) for p in name[len(ENV_PREFIX) :].split("__")]
-        if normalize_key(path[0]) not in allowed:
+    for name, path in env_paths(environ).items():
+        top = normalize_key(path[0])
+        if top not in allowed:
+            hint = did_you_mean(top, allowed, 0.6 if len(path) > 1 else NEAR_MISS)
+            if len(path) > 1 or hint:
+                raise ConfigError(name, f"sets {top!r}, which is no configuration key{hint}")
             continue
         try:
             value = yaml.safe_load(environ[name])

@@ -43,6 +43,12 @@ class MemoryBinderSettings(BaseModel):
     """Binders with the same namespace in one process share destinations."""
 
 
+class _NoKeys(BaseModel):
+    """The memory binder has no consumer or producer keys of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class _Queue:
     def __init__(self, name: str, partition: int | None, exclusive: bool) -> None:
         self.name = name
@@ -264,6 +270,7 @@ class MemoryBinder(BaseBinder):
         self._bindings: list[MemoryBinding] = []
 
     async def bind_consumer(self, spec: ConsumerSpec, dispatch: Dispatcher) -> MemoryBinding:
+        validate(_NoKeys, spec.properties.extension, f"bindings.{spec.binding_name}.consumer")
         binding = MemoryBinding(self.broker, spec, dispatch)
         self._bindings.append(binding)
         if spec.properties.auto_startup:
@@ -271,6 +278,7 @@ class MemoryBinder(BaseBinder):
         return binding
 
     async def bind_producer(self, spec: ProducerSpec) -> MemoryProducer:
+        validate(_NoKeys, spec.properties.extension, f"bindings.{spec.binding_name}.producer")
         return MemoryProducer(self.broker, spec)
 
     def health(self) -> Mapping[str, Any]:
@@ -280,3 +288,8 @@ class MemoryBinder(BaseBinder):
         for binding in self._bindings:
             await binding.unbind()
         self._bindings.clear()
+
+
+def drop_memory_broker(namespace: str) -> None:
+    """Forget the broker of ``namespace`` and every message it holds."""
+    _brokers.pop(namespace, None)

@@ -2,7 +2,8 @@
 
 The command joins the bus as a passive node with the same configuration file as the apps
 (binders, ``bus.*``), so it reaches them over whichever broker they use. It exits 1 when
-fewer than ``--expect`` nodes acked within ``--wait`` seconds.
+fewer than ``--expect`` nodes acked within ``--wait`` seconds, and 2 without sending when the
+configuration selects the in-memory binder, which reaches no other process.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 from ..app import StreamApp
 from ..config import DEFAULT_CONFIG_FILE, StreamConfig, normalize_key, read_yaml
-from ..errors import ConfigError
-from .bus import Bus, BusReply
+from ..errors import ConfigError, StreamlibError
+from .bus import OUTPUT_BINDING, Bus, BusReply
 from .matching import service_id
 
 CLI_NAME = "streamlib-bus-cli"
@@ -66,6 +67,12 @@ def _values(pairs: list[str]) -> dict[str, str]:
 async def _send(args: argparse.Namespace, values: dict[str, str] | None) -> int:
     app = StreamApp(CLI_NAME, config=_config(args.config))
     bus = Bus(app, passive=True, node_id=service_id(CLI_NAME, 0))
+    name, type_name, _, _ = app._binder_for(OUTPUT_BINDING, app.config.binding(OUTPUT_BINDING))
+    if type_name == "memory":
+        raise StreamlibError(
+            f"the bus uses the in-memory binder (binder {name!r}), which reaches no other "
+            "process; configure the apps' broker (--config FILE or STREAMLIB_* variables)"
+        )
     async with app.run():
         if values is None:
             reply = await bus.refresh(args.destination, wait=args.wait, expect=args.expect)

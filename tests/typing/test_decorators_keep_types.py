@@ -48,3 +48,30 @@ async def _check() -> None:
 def test_decorated_functions_are_the_originals() -> None:
     assert bill.__name__ == "bill" and audit.__name__ == "audit"
     assert tick.__name__ == "tick" and sync_audit.__name__ == "sync_audit"
+
+
+@app.processor()
+async def bill_again(order: Order) -> Invoice:
+    return Invoice(order_id=order.id)
+
+
+@app.sink()
+async def audit_again(invoice: Invoice) -> None:
+    return None
+
+
+@app.source
+async def tick_every_second() -> Order:
+    return Order(id=2)
+
+
+@app.source()
+async def tick_by_default() -> Order:
+    return Order(id=3)
+
+
+async def _check_forms() -> None:
+    assert_type(await bill_again(Order(id=1)), Invoice)
+    assert_type(await audit_again(Invoice(order_id=1)), None)
+    assert_type(await tick_every_second(), Order)
+    assert_type(await tick_by_default(), Order)
