@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streamlib_kafka.offsets import PartitionOffsets
+from streamlib_kafka.offsets import PartitionOffsets, Rewind
 
 PARTITIONS = 2
 
@@ -74,7 +74,9 @@ class Partition:
     def first_unfinished(self) -> int:
         return next((o for o in self.log if o not in self.finished), self.end)
 
-    def seek(self, target: int | None) -> None:
+    def seek(self, target: int | Rewind | None) -> None:
+        if isinstance(target, Rewind):
+            target = target.to
         if target is None:
             return
         assert target <= self.first_unfinished(), f"seek to {target} skips an unfinished record"
@@ -283,11 +285,13 @@ def test_a_failed_send_counts_an_attempt_of_its_record_until_it_finishes() -> No
     tracker.handled(0, 10, first)
     tracker.handled(0, 11, None)
     first.ok = False
-    assert tracker.advance() == 10
-    assert tracker.failure(10) is not None and tracker.failure(10).attempts == 1  # type: ignore[union-attr]
+    rewind = tracker.advance()
+    assert rewind is not None and (rewind.to, rewind.failed, rewind.failure.attempts) == (10, 10, 1)
+    assert rewind.dropped == (first,)
     tracker.handled(0, 12, None)  # handled before the rewind: no longer counts
     assert tracker.done == 10 and not tracker.pending
-    assert tracker.failed(1, 10, Rejected(10)) == 10
+    rewind = tracker.failed(1, 10, Rejected(10))
+    assert rewind is not None and rewind.to == 10
     failure = tracker.failure(10)
     assert failure is not None and failure.attempts == 2 and not failure.dead_letter
     letter = FakeAck(0, 10)

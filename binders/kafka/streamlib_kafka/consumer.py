@@ -27,12 +27,13 @@ from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untype
 from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
 from streamlib.errors import BindingError
 from streamlib.messages import Envelope
-from streamlib.retry import Failure
+from streamlib.retry import Failure, RetryPolicy
 
 from . import naming
 from .attributes import RecordExtras, timestamp_type_name
 from .errors import KafkaError, start_client
 from .headers import decode_headers
+from .offsets import PartitionOffsets, Rewind, SendFailure
 from .producer import Confirmation, ProducerClient, send_record
 from .settings import ConsumerDefaults, KafkaConsumerExtension
 from .transactions import Transaction, current_transaction
@@ -43,58 +44,15 @@ READY_TIMEOUT = 60.0
 _FETCH_WAIT_MS = 200
 
 
-class _Partition:
-    """Progress of one assigned partition.
+class _Partition(PartitionOffsets):
+    """An assigned partition: its offsets, and the worker that handles its records."""
 
-    ``done`` is the offset to commit: every record before it was handled and confirmed.
-    ``pending`` holds handled records (in offset order) whose sends await confirmation.
-    """
-
-    __slots__ = ("committed", "done", "generation", "pending", "revoked", "tp", "worker")
+    __slots__ = ("tp", "worker")
 
     def __init__(self, tp: Any, worker: int) -> None:
+        super().__init__()
         self.tp = tp
         self.worker = worker
-        self.done = -1
-        self.committed = -1
-        self.pending: deque[tuple[int, Confirmation | None]] = deque()
-        self.revoked = False
-        self.generation = 0
-
-    def finished(self, offset: int) -> None:
-        if self.pending:
-            self.pending.append((offset, None))
-        else:
-            self.done = offset + 1
-
-    def advance(self) -> BaseException | None:
-        """Move ``done`` past every confirmed record; the error of a failed send, if any."""
-        pending = self.pending
-        while pending:
-            offset, confirmation = pending[0]
-            if confirmation is not None:
-                if not confirmation.done():
-                    return None
-                error = confirmation.error()
-                if error is not None:
-                    return error
-            pending.popleft()
-            self.done = offset + 1
-        return None
-
-    async def flush(self) -> BaseException | None:
-        """Wait for every pending confirmation in order; the first error, if any."""
-        pending = self.pending
-        while pending:
-            offset, confirmation = pending[0]
-            if confirmation is not None:
-                try:
-                    await confirmation
-                except Exception as exc:
-                    return exc
-            pending.popleft()
-            self.done = offset + 1
-        return None
 
 
 class _Worker:
@@ -118,6 +76,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._binding._assigned(assigned)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def envelope_of(record: Any) -> Envelope:
@@ -174,6 +137,7 @@ class KafkaBinding:
         self._static = self._static_partitions(partition_count)
         self._concurrency = spec.properties.concurrency
         self._max_in_flight = extension.max_in_flight
+        self._policy = RetryPolicy.from_properties(spec.properties)
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
         self._workers: list[_Worker] = []
@@ -368,20 +332,12 @@ class KafkaBinding:
         """Let the workers finish their current record of ``states``, then commit them."""
         for state in states:
             state.revoked = True
-        # Polled: cheaper than signalling from the hot path, and only rebalances wait here.
+        # Polled: cheaper than signalling from the hot path; rebalances and stop() wait here.
         for worker in self._workers:
             while worker.current is not None and worker.current in states:
                 await asyncio.sleep(0.005)
         for state in states:
-            error = await state.flush()
-            if error is not None:
-                log.error(
-                    "binding %s: a send for %s offset %d failed; it will be redelivered: %s",
-                    self.name,
-                    self._topic,
-                    state.pending[0][0],
-                    error,
-                )
+            self._rewound(state, await state.flush())
         await self._commit(states)
 
     # -- the hot path --------------------------------------------------------------------
@@ -411,15 +367,13 @@ class KafkaBinding:
                 state = self._partitions.get(tp)
                 if state is None or state.revoked or not records:
                     continue
-                if state.done < 0:
-                    state.done = state.committed = records[0].offset
+                state.fetched(records[0].offset)
                 self._in_flight += len(records)
                 worker = self._workers[state.worker]
                 worker.batches.append((state, state.generation, records))
                 worker.wake.set()
 
     async def _work(self, worker: _Worker) -> None:
-        dispatch = self._dispatch
         batches = worker.batches
         while True:
             if not batches:
@@ -431,22 +385,68 @@ class KafkaBinding:
                 for record in records:
                     if self._paused:
                         await self._resumed.wait()
-                    if state.revoked or generation != state.generation:
+                    if not state.accepts(generation):
                         break
                     worker.current = state
-                    outcome = await dispatch(envelope_of(record))
-                    if outcome is not ACK:
-                        await self._settle(state, record, outcome)
-                    elif state.pending:
-                        state.pending.append((record.offset, None))
-                    else:
-                        state.done = record.offset + 1
+                    await self._handle(state, generation, record)
                     worker.current = None
             finally:
                 worker.current = None
                 self._in_flight -= len(records)
                 if self._in_flight < self._max_in_flight:
                     self._room.set()
+
+    async def _handle(self, state: _Partition, generation: int, record: Any) -> None:
+        """Dispatch one record and note its outcome. A record redelivered because its sends
+        failed counts those as attempts: it is retried while the policy allows, then
+        dead-lettered or logged."""
+        failed = state.failure(record.offset)
+        if failed is not None:
+            if not self._policy.should_retry(failed.error, failed.attempts):
+                await self._give_up(state, generation, record, failed)
+                return
+            await asyncio.sleep(self._policy.backoff(failed.attempts))
+        outcome = await self._dispatch(envelope_of(record))
+        if outcome is ACK and not state.pending:
+            state.handled(generation, record.offset, None)
+            return
+        await self._settle(state, generation, record, outcome)
+
+    async def _give_up(
+        self, state: _Partition, generation: int, record: Any, failed: SendFailure
+    ) -> None:
+        failure = Failure(failed.error, failed.attempts)
+        if self._dlq_topic is None or failed.dead_letter:
+            log.error(
+                "binding %s: message %s partition %d offset %d failed after %d attempt(s) "
+                "and is dropped (%s): %s",
+                self.name,
+                self._topic,
+                record.partition,
+                record.offset,
+                failed.attempts,
+                "its dead letter was refused" if failed.dead_letter else "no DLQ",
+                failure.reason,
+            )
+            state.handled(generation, record.offset, None)
+            return
+        log.warning(
+            "binding %s: message %s partition %d offset %d failed after %d attempt(s), "
+            "dead-lettering: %s: %s",
+            self.name,
+            self._topic,
+            record.partition,
+            record.offset,
+            failed.attempts,
+            failure.fqcn,
+            failure.reason,
+        )
+        try:
+            letter = await self._dead_letter(record, failure)
+        except Exception as exc:
+            self._rewound(state, state.failed(generation, record.offset, exc, dead_letter=True))
+            return
+        state.handled(generation, record.offset, letter, dead_letter=True)
 
     async def _work_transactional(self, worker: _Worker, producer: Any) -> None:
         """Like ``_work``, but records commit in transactions (one per batch unless a pause
@@ -503,15 +503,18 @@ class KafkaBinding:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
-            self._rewind(state, records[start].offset, exc)
+            self._rewound(state, state.failed(generation, records[start].offset, exc))
             return len(records)
         if index > start:
-            state.done = state.committed = records[index - 1].offset + 1
+            state.transacted(generation, records[index - 1].offset + 1)
         return index
 
-    async def _settle(self, state: _Partition, record: Any, outcome: Outcome) -> None:
-        """Record a handled message whose outcome needs a confirmation or a dead letter."""
+    async def _settle(
+        self, state: _Partition, generation: int, record: Any, outcome: Outcome
+    ) -> None:
+        """Note a handled record whose outcome needs a confirmation or a dead letter."""
         confirmation: Confirmation | None = None
+        dead_letter = False
         try:
             if outcome.pending is not None:
                 confirmation = await self._confirmation(outcome.pending)
@@ -519,28 +522,26 @@ class KafkaBinding:
                 if confirmation is not None:
                     await confirmation
                     confirmation = None
+                dead_letter = True
                 confirmation = await self._dead_letter(record, outcome.failure)
         except Exception as exc:
-            self._rewind(state, record.offset, exc)
+            self._rewound(state, state.failed(generation, record.offset, exc, dead_letter))
             return
-        if confirmation is None:
-            state.finished(record.offset)
-            return
-        state.pending.append((record.offset, confirmation))
+        state.handled(generation, record.offset, confirmation, dead_letter)
+        # Checked after every record, so a rejected send stops the partition promptly.
+        self._rewound(state, state.advance())
         if len(state.pending) > self._max_in_flight:
             await self._confirm_some(state)
 
     async def _confirm_some(self, state: _Partition) -> None:
         """Bound the unconfirmed records of a partition: wait for the oldest ones."""
-        error = state.advance()
-        while error is None and len(state.pending) > self._max_in_flight // 2:
+        while len(state.pending) > self._max_in_flight // 2:
             oldest = state.pending[0][1]
             if oldest is not None:
                 with contextlib.suppress(Exception):
                     await oldest
-            error = state.advance()
-        if error is not None:
-            self._rewind(state, state.pending[0][0], error)
+            if self._rewound(state, state.advance()):
+                return
 
     @staticmethod
     async def _confirmation(pending: Awaitable[None]) -> Confirmation | None:
@@ -565,27 +566,28 @@ class KafkaBinding:
             _dlq_headers(record, failure),
         )
 
-    def _rewind(self, state: _Partition, offset: int, exc: BaseException) -> None:
-        """A send failed: redeliver the partition from its first unconfirmed record."""
-        if self._new_transactional is not None:
-            target = state.committed
-        else:
-            target = state.pending[0][0] if state.pending else offset
+    def _rewound(self, state: _Partition, rewind: Rewind | None) -> bool:
+        """Act on a rewind of ``state``, if any: log it and seek back to redeliver."""
+        if rewind is None:
+            return False
+        for ack in rewind.dropped:
+            # Their errors no longer matter; retrieve them so asyncio does not report them.
+            if isinstance(ack, Confirmation):
+                ack.future.add_done_callback(_retrieve)
         log.error(
-            "binding %s: sending for %s partition %d offset %d failed; redelivering from "
-            "offset %d: %s",
+            "binding %s: sending for %s partition %d offset %d failed (attempt %d); "
+            "redelivering from offset %s: %s",
             self.name,
             self._topic,
             state.tp.partition,
-            offset,
-            target,
-            exc,
+            rewind.failed,
+            rewind.failure.attempts,
+            rewind.to,
+            rewind.failure.error,
         )
-        state.pending.clear()
-        state.generation += 1
-        state.done = target
-        if not state.revoked and self._consumer is not None:
-            self._consumer.seek(state.tp, target)
+        if rewind.to is not None and not state.revoked and self._consumer is not None:
+            self._consumer.seek(state.tp, rewind.to)
+        return True
 
     # -- committing ----------------------------------------------------------------------
 
@@ -595,14 +597,12 @@ class KafkaBinding:
             await asyncio.sleep(interval)
             states = []
             for state in list(self._partitions.values()):
-                error = state.advance()
-                if error is not None:
-                    self._rewind(state, state.pending[0][0], error)
+                self._rewound(state, state.advance())
                 states.append(state)
             await self._commit(states)
 
     async def _commit(self, states: list[_Partition]) -> None:
-        offsets = {s.tp: s.done for s in states if s.done > s.committed}
+        offsets = {s.tp: offset for s in states if (offset := s.to_commit()) is not None}
         if not offsets or self._consumer is None:
             return
         try:
@@ -612,7 +612,8 @@ class KafkaBinding:
             log.info("binding %s: commit deferred: %s", self.name, exc)
             return
         for state in states:
-            state.committed = max(state.committed, offsets.get(state.tp, -1))
+            if state.tp in offsets:
+                state.commit_succeeded(offsets[state.tp])
 
     # -- health --------------------------------------------------------------------------
 

@@ -34,6 +34,18 @@ class Acknowledgement(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Rewind:
+    """A failed send made the partition start over: seek to ``to`` (None: nothing fetched
+    yet, no seek needed). ``failed`` is the record whose send failed, ``dropped`` the
+    confirmations no longer waited for."""
+
+    to: int | None
+    failed: int
+    failure: SendFailure
+    dropped: tuple[Acknowledgement, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SendFailure:
     """The last failed send of a redelivered record: how many attempts failed, the broker's
     error, and whether that send was the record's dead letter."""
@@ -88,21 +100,21 @@ class PartitionOffsets:
         else:
             pending.append((offset, ack, dead_letter))
 
-    def failed(self, generation: int, offset: int, error: BaseException) -> int | None:
-        """A send of a record of ``generation`` failed before it was queued: rewind. Returns
-        the offset to redeliver from, or None when the failure is stale."""
+    def failed(
+        self, generation: int, offset: int, error: BaseException, dead_letter: bool = False
+    ) -> Rewind | None:
+        """A send of a record of ``generation`` failed before it was queued: rewind. None
+        when the failure is stale (a rewind already happened)."""
         if generation != self.generation or offset < self.done:
             return None
-        self._note(offset, error, False)
-        return self.rewind()
+        return self._rewind_for(offset, error, dead_letter)
 
     def failure(self, offset: int) -> SendFailure | None:
         """The failed sends of a redelivered record, if its earlier attempts failed so."""
         return self._failures.get(offset)
 
-    def advance(self) -> int | None:
-        """Move ``done`` past every confirmed record. When a confirmation failed, rewind and
-        return the offset to redeliver from; None otherwise."""
+    def advance(self) -> Rewind | None:
+        """Move ``done`` past every confirmed record; when a confirmation failed, rewind."""
         pending = self.pending
         while pending:
             offset, ack, dead_letter = pending[0]
@@ -111,13 +123,12 @@ class PartitionOffsets:
                     return None
                 error = ack.error()
                 if error is not None:
-                    self._note(offset, error, dead_letter)
-                    return self.rewind()
+                    return self._rewind_for(offset, error, dead_letter)
             pending.popleft()
             self._finish(offset)
         return None
 
-    async def flush(self) -> int | None:
+    async def flush(self) -> Rewind | None:
         """Wait for every pending confirmation in order; like ``advance`` otherwise."""
         while self.pending:
             ack = self.pending[0][1]
@@ -157,7 +168,9 @@ class PartitionOffsets:
             for old in [o for o in self._failures if o <= offset]:
                 del self._failures[old]
 
-    def _note(self, offset: int, error: BaseException, dead_letter: bool) -> None:
+    def _rewind_for(self, offset: int, error: BaseException, dead_letter: bool) -> Rewind:
         previous = self._failures.get(offset)
         attempts = previous.attempts + 1 if previous is not None else 1
-        self._failures[offset] = SendFailure(attempts, error, dead_letter)
+        failure = self._failures[offset] = SendFailure(attempts, error, dead_letter)
+        dropped = tuple(ack for _, ack, _ in self.pending if ack is not None)
+        return Rewind(self.rewind(), offset, failure, dropped)
