@@ -16,16 +16,17 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untyped]
     RangePartitionAssignor,
 )
 
 from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
-from streamlib.errors import BindingError
+from streamlib.errors import BindingError, StreamlibError
 from streamlib.messages import Envelope
 from streamlib.retry import Failure, RetryPolicy
 
@@ -40,19 +41,23 @@ from .transactions import Transaction, current_transaction
 
 log = logging.getLogger("streamlib.kafka")
 
+_T = TypeVar("_T")
+
 READY_TIMEOUT = 60.0
 _FETCH_WAIT_MS = 200
 
 
 class _Partition(PartitionOffsets):
-    """An assigned partition: its offsets, and the worker that handles its records."""
+    """An assigned partition: its offsets, the worker that handles its records, and (for a
+    transactional binding) the producer whose transactions commit its offsets."""
 
-    __slots__ = ("tp", "worker")
+    __slots__ = ("producer", "tp", "worker")
 
     def __init__(self, tp: Any, worker: int) -> None:
         super().__init__()
         self.tp = tp
         self.worker = worker
+        self.producer: Any = None
 
 
 class _Worker:
@@ -76,6 +81,33 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._binding._assigned(assigned)
+
+
+class _Rejected(Exception):
+    """A send of the record at ``offset`` failed inside a transaction."""
+
+    def __init__(self, offset: int, dead_letter: bool, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.offset = offset
+        self.dead_letter = dead_letter
+        self.error = error
+
+
+async def _attributed(offset: int, dead_letter: bool, send: Awaitable[_T]) -> _T:
+    """Await a send of the record at ``offset``; its failure raised as ``_Rejected``."""
+    try:
+        return await send
+    except Exception as exc:
+        raise _Rejected(offset, dead_letter, exc) from exc
+
+
+def _fenced(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kafka_errors.ProducerFenced):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -123,7 +155,7 @@ class KafkaBinding:
         client_kwargs: dict[str, Any],
         producer: ProducerClient,
         partition_count: int,
-        transactional: Callable[[int], Any] | None = None,
+        transactional: Callable[[str], Any] | None = None,
     ) -> None:
         self._spec = spec
         self._dispatch = dispatch
@@ -151,7 +183,7 @@ class KafkaBinding:
         self._reset_pending = extension.reset_offsets
         self._running = False
         self._new_transactional = transactional
-        self._transactional: list[Any] = []
+        self._starting = asyncio.Lock()
 
     def _static_partitions(self, partition_count: int) -> list[int] | None:
         spec = self._spec
@@ -222,17 +254,10 @@ class KafkaBinding:
                     for i, w in enumerate(self._workers)
                 ]
             else:
-                for i, w in enumerate(self._workers):
-                    producer = self._new_transactional(i)
-                    self._transactional.append(producer)
-                    await start_client(
-                        producer, f"starting the transactional producer of {self.name!r}"
-                    )
-                    self._tasks.append(
-                        loop.create_task(
-                            self._work_transactional(w, producer), name=f"{self.name}:worker{i}"
-                        )
-                    )
+                self._tasks += [
+                    loop.create_task(self._work_transactional(w), name=f"{self.name}:worker{i}")
+                    for i, w in enumerate(self._workers)
+                ]
             await self._ready()
         except BaseException:
             await self._close()
@@ -271,13 +296,8 @@ class KafkaBinding:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self._partitions = {}
-        producers, self._transactional = self._transactional, []
-        for producer in producers:
-            try:
-                await producer.stop()
-            except KafkaError as exc:
-                log.warning("binding %s: closing a producer failed: %s", self.name, exc)
+        states, self._partitions = list(self._partitions.values()), {}
+        await self._close_producers(states)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -311,7 +331,12 @@ class KafkaBinding:
             if tp not in self._partitions:
                 worker = load.index(min(load))
                 load[worker] += 1
-                self._partitions[tp] = _Partition(tp, worker)
+                state = self._partitions[tp] = _Partition(tp, worker)
+                if self._new_transactional is not None:
+                    # Taking the partition's transactional id fences its previous owner and
+                    # aborts a transaction it left open.
+                    with contextlib.suppress(StreamlibError):
+                        await self._transactional_producer(state)
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         if self._reset_pending and assigned:
@@ -327,6 +352,44 @@ class KafkaBinding:
     async def _revoked(self, revoked: Any) -> None:
         states = [self._partitions.pop(tp) for tp in revoked if tp in self._partitions]
         await self._drain(states)
+        await self._close_producers(states)
+
+    def _transactional_id(self, state: _Partition) -> str:
+        return naming.transactional_id(self._group_id, self._topic, state.tp.partition)
+
+    async def _transactional_producer(self, state: _Partition) -> Any:
+        """The partition's transactional producer, started on first use (or after a
+        failure replaced it); StreamlibError when it cannot start."""
+        # One lock: a worker must not start a second producer with the id the rebalance
+        # callback is starting (the two would fence each other).
+        async with self._starting:
+            if state.producer is None:
+                assert self._new_transactional is not None
+                producer = self._new_transactional(self._transactional_id(state))
+                try:
+                    await start_client(
+                        producer, f"starting the transactional producer of {self.name!r}"
+                    )
+                except StreamlibError as exc:
+                    log.error(
+                        "binding %s: cannot start the transactional producer %r: %s",
+                        self.name,
+                        self._transactional_id(state),
+                        exc,
+                    )
+                    raise
+                state.producer = producer
+        return state.producer
+
+    async def _close_producers(self, states: list[_Partition]) -> None:
+        for state in states:
+            producer, state.producer = state.producer, None
+            if producer is None:
+                continue
+            try:
+                await producer.stop()
+            except KafkaError as exc:
+                log.warning("binding %s: closing a producer failed: %s", self.name, exc)
 
     async def _drain(self, states: list[_Partition]) -> None:
         """Let the workers finish their current record of ``states``, then commit them."""
@@ -403,7 +466,13 @@ class KafkaBinding:
         failed = state.failure(record.offset)
         if failed is not None:
             if not self._policy.should_retry(failed.error, failed.attempts):
-                await self._give_up(state, generation, record, failed)
+                try:
+                    letter = await self._give_up(record, failed)
+                except Exception as exc:
+                    rewind = state.failed(generation, record.offset, exc, dead_letter=True)
+                    self._rewound(state, rewind)
+                    return
+                state.handled(generation, record.offset, letter, dead_letter=True)
                 return
             await asyncio.sleep(self._policy.backoff(failed.attempts))
         outcome = await self._dispatch(envelope_of(record))
@@ -413,46 +482,36 @@ class KafkaBinding:
         await self._settle(state, generation, record, outcome)
 
     async def _give_up(
-        self, state: _Partition, generation: int, record: Any, failed: SendFailure
-    ) -> None:
+        self, record: Any, failed: SendFailure, producer: Any = None
+    ) -> Confirmation | None:
+        """A record whose sends failed for good: its dead letter, or None when it is
+        dropped (logged) because there is no DLQ or its dead letter was refused."""
         failure = Failure(failed.error, failed.attempts)
+        where = f"{self._topic} partition {record.partition} offset {record.offset}"
         if self._dlq_topic is None or failed.dead_letter:
             log.error(
-                "binding %s: message %s partition %d offset %d failed after %d attempt(s) "
-                "and is dropped (%s): %s",
+                "binding %s: message %s failed after %d attempt(s) and is dropped (%s): %s",
                 self.name,
-                self._topic,
-                record.partition,
-                record.offset,
+                where,
                 failed.attempts,
                 "its dead letter was refused" if failed.dead_letter else "no DLQ",
                 failure.reason,
             )
-            state.handled(generation, record.offset, None)
-            return
+            return None
         log.warning(
-            "binding %s: message %s partition %d offset %d failed after %d attempt(s), "
-            "dead-lettering: %s: %s",
+            "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",
             self.name,
-            self._topic,
-            record.partition,
-            record.offset,
+            where,
             failed.attempts,
             failure.fqcn,
             failure.reason,
         )
-        try:
-            letter = await self._dead_letter(record, failure)
-        except Exception as exc:
-            self._rewound(state, state.failed(generation, record.offset, exc, dead_letter=True))
-            return
-        state.handled(generation, record.offset, letter, dead_letter=True)
+        return await self._dead_letter(record, failure, producer)
 
-    async def _work_transactional(self, worker: _Worker, producer: Any) -> None:
-        """Like ``_work``, but records commit in transactions (one per batch unless a pause
-        splits it): the handler's sends (through ``current_transaction``), dead letters and
-        the consumed offsets commit together."""
-        current_transaction.set(Transaction(producer, self._producer))
+    async def _work_transactional(self, worker: _Worker) -> None:
+        """Like ``_work``, but records commit in transactions of their partition's producer
+        (one per batch unless a pause splits it): the handler's sends (through
+        ``current_transaction``), dead letters and the consumed offsets commit together."""
         batches = worker.batches
         while True:
             if not batches:
@@ -465,10 +524,10 @@ class KafkaBinding:
                 while start < len(records):
                     if self._paused:
                         await self._resumed.wait()
-                    if state.revoked or generation != state.generation:
+                    if not state.accepts(generation):
                         break
                     worker.current = state
-                    start = await self._transact(producer, state, generation, records, start)
+                    start = await self._transact(state, generation, records, start)
                     worker.current = None
             finally:
                 worker.current = None
@@ -477,37 +536,90 @@ class KafkaBinding:
                     self._room.set()
 
     async def _transact(
-        self, producer: Any, state: _Partition, generation: int, records: list[Any], start: int
+        self, state: _Partition, generation: int, records: list[Any], start: int
     ) -> int:
         """One transaction over ``records[start:]``, ended early by a pause or a revoke;
-        returns the index of the first record it did not handle."""
-        dispatch = self._dispatch
+        returns the index of the first record it did not handle. The transaction commits
+        only once the broker acknowledged every output and dead letter in it; otherwise it
+        is aborted and the partition rewinds to its committed offset."""
         index = start
+        sent: list[tuple[int, Confirmation, bool]] = []
+        producer = None
         try:
+            producer = await self._transactional_producer(state)
+            current_transaction.set(Transaction(producer, self._producer))
             await producer.begin_transaction()
             while index < len(records):
-                if self._paused or state.revoked or generation != state.generation:
+                if self._paused or not state.accepts(generation):
                     break
                 record = records[index]
-                outcome = await dispatch(envelope_of(record))
-                # Sends inside the transaction are confirmed by its commit.
-                if outcome.pending is not None and not isinstance(outcome.pending, Confirmation):
-                    await outcome.pending
-                if outcome.failure is not None:
-                    await self._dead_letter(record, outcome.failure, producer)
                 index += 1
+                failed = state.failure(record.offset)
+                if failed is not None:
+                    if not self._policy.should_retry(failed.error, failed.attempts):
+                        letter = await _attributed(
+                            record.offset, True, self._give_up(record, failed, producer)
+                        )
+                        if letter is not None:
+                            sent.append((record.offset, letter, True))
+                        continue
+                    await asyncio.sleep(self._policy.backoff(failed.attempts))
+                outcome = await self._dispatch(envelope_of(record))
+                pending = outcome.pending
+                if isinstance(pending, Confirmation):
+                    sent.append((record.offset, pending, False))
+                elif pending is not None:
+                    await _attributed(record.offset, False, pending)
+                if outcome.failure is not None:
+                    letter = await _attributed(
+                        record.offset, True, self._dead_letter(record, outcome.failure, producer)
+                    )
+                    sent.append((record.offset, letter, True))
+            for offset, confirmation, dead_letter in sent:
+                await _attributed(offset, dead_letter, confirmation)
             if index > start:
                 offsets = {state.tp: records[index - 1].offset + 1}
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
             await producer.commit_transaction()
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
-            self._rewound(state, state.failed(generation, records[start].offset, exc))
+            for _, confirmation, _ in sent:
+                confirmation.future.add_done_callback(_retrieve)
+            if isinstance(exc, _Rejected):
+                rewind = state.failed(generation, exc.offset, exc.error, exc.dead_letter)
+            else:
+                rewind = state.failed(generation, records[start].offset, exc)
+            self._rewound(state, rewind)
+            if producer is not None:
+                await self._after_abort(state, producer, exc)
+            else:
+                await asyncio.sleep(1.0)
             return len(records)
         if index > start:
             state.transacted(generation, records[index - 1].offset + 1)
         return index
+
+    async def _after_abort(self, state: _Partition, producer: Any, exc: Exception) -> None:
+        """Abort the failed transaction and replace the producer: a rejected send leaves
+        its sequence numbers out of step for good. A fenced producer is not replaced (that
+        would fence the partition's new owner): the partition stops until it is revoked."""
+        with contextlib.suppress(Exception):
+            await producer.abort_transaction()
+        if _fenced(exc):
+            log.error(
+                "binding %s: the transactional producer %r of %s partition %d was fenced by "
+                "another member holding the same id; the partition stops here until it is "
+                "reassigned",
+                self.name,
+                self._transactional_id(state),
+                self._topic,
+                state.tp.partition,
+            )
+            state.revoked = True
+            if self._consumer is not None:
+                self._consumer.pause(state.tp)
+            return
+        if state.producer is producer:
+            await self._close_producers([state])
 
     async def _settle(
         self, state: _Partition, generation: int, record: Any, outcome: Outcome

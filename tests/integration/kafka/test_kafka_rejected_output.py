@@ -134,3 +134,57 @@ async def test_an_output_rejected_while_the_next_record_runs_is_not_committed_pa
     headers = dict(letter.headers)
     assert headers["x-exception-fqcn"] == b"streamlib.errors.PublishError"
     assert b"MessageSizeTooLarge" in headers["x-exception-message"]
+
+
+async def test_a_transaction_with_a_rejected_output_is_aborted_and_its_input_retried(
+    kafka_bootstrap: str, kafka_config: Config, unique: Callable[[str], str]
+) -> None:
+    source, target, group = unique("txrej-in"), unique("txrej-out"), unique("txrej")
+    await create_topic(kafka_bootstrap, source, 1)
+    await create_topic(kafka_bootstrap, target, 1, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    bindings = {
+        "relay-in-0": {
+            "destination": source,
+            "group": group,
+            "consumer": {
+                "transactional": True,
+                "max-attempts": 2,
+                "retryable-exceptions": ["PublishError"],
+                "back-off-initial-interval": 0.01,
+                "dlq": True,
+            },
+        },
+        "relay-out-0": {"destination": target},
+    }
+    app = StreamApp("txrejected", config=kafka_config(bindings))
+    handled: Collector[int] = Collector()
+
+    @app.processor
+    async def relay(item: Item) -> str:
+        handled.add(item.seq)
+        return OVERSIZED if item.seq == 4 else f"out {item.seq}"
+
+    async with app.run():
+        await produce(kafka_bootstrap, source, range(10))
+        letters = await read_topic(
+            kafka_bootstrap,
+            f"error.{source}.{group}",
+            1,
+            TIMEOUT,
+            0.5,
+            isolation_level="read_committed",
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while (await committed(kafka_bootstrap, group)).get(0) != 10:
+            assert loop.time() < deadline, "the group never committed offset 10"
+            await asyncio.sleep(0.1)
+    outputs = await read_topic(
+        kafka_bootstrap, target, 9, TIMEOUT, 0.5, isolation_level="read_committed"
+    )
+    per_input = Counter(r.value.decode() for r in outputs)
+    assert per_input == {f"out {s}": 1 for s in range(10) if s != 4}
+    assert Counter(handled.items)[4] == 2, handled.items
+    [letter] = letters
+    assert orjson.loads(letter.value) == {"seq": 4}
+    assert b"MessageSizeTooLarge" in dict(letter.headers)["x-exception-message"]
