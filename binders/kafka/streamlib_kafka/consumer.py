@@ -475,11 +475,21 @@ class KafkaBinding:
                 state.handled(generation, record.offset, letter, dead_letter=True)
                 return
             await asyncio.sleep(self._policy.backoff(failed.attempts))
-        outcome = await self._dispatch(envelope_of(record))
+        outcome = await self._dispatch_record(record)
         if outcome is ACK and not state.pending:
             state.handled(generation, record.offset, None)
             return
         await self._settle(state, generation, record, outcome)
+
+    async def _dispatch_record(self, record: Any) -> Outcome:
+        """Dispatch a record; one that cannot become an envelope fails like an undecodable
+        body (dead-lettered or logged), so the partition goes on."""
+        try:
+            envelope = envelope_of(record)
+        except Exception as exc:
+            where = f"{record.topic} partition {record.partition} offset {record.offset}"
+            return self._dispatch.unreadable(exc, where)
+        return await self._dispatch(envelope)
 
     async def _give_up(
         self, record: Any, failed: SendFailure, producer: Any = None
@@ -564,7 +574,7 @@ class KafkaBinding:
                             sent.append((record.offset, letter, True))
                         continue
                     await asyncio.sleep(self._policy.backoff(failed.attempts))
-                outcome = await self._dispatch(envelope_of(record))
+                outcome = await self._dispatch_record(record)
                 pending = outcome.pending
                 if isinstance(pending, Confirmation):
                     sent.append((record.offset, pending, False))
