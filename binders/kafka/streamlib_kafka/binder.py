@@ -46,6 +46,11 @@ class KafkaBinder(BaseBinder):
         key = f"bindings.{spec.binding_name}"
         if spec.properties.partitioned and not spec.group:
             raise ConfigError(f"{key}.group", "a partitioned consumer requires a group")
+        if spec.properties.dlq and not spec.group:
+            raise ConfigError(
+                f"{key}.group",
+                "consumer.dlq requires a group (the DLQ topic is error.<destination>.<group>)",
+            )
         transactional = None
         if extension.transactional:
             if not spec.group:

@@ -183,7 +183,6 @@ class KafkaBinding:
         self._reset_pending = extension.reset_offsets
         self._running = False
         self._new_transactional = transactional
-        self._starting = asyncio.Lock()
 
     def _static_partitions(self, partition_count: int) -> list[int] | None:
         spec = self._spec
@@ -331,12 +330,7 @@ class KafkaBinding:
             if tp not in self._partitions:
                 worker = load.index(min(load))
                 load[worker] += 1
-                state = self._partitions[tp] = _Partition(tp, worker)
-                if self._new_transactional is not None:
-                    # Taking the partition's transactional id fences its previous owner and
-                    # aborts a transaction it left open.
-                    with contextlib.suppress(StreamlibError):
-                        await self._transactional_producer(state)
+                self._partitions[tp] = _Partition(tp, worker)
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         if self._reset_pending and assigned:
@@ -358,27 +352,28 @@ class KafkaBinding:
         return naming.transactional_id(self._group_id, self._topic, state.tp.partition)
 
     async def _transactional_producer(self, state: _Partition) -> Any:
-        """The partition's transactional producer, started on first use (or after a
-        failure replaced it); StreamlibError when it cannot start."""
-        # One lock: a worker must not start a second producer with the id the rebalance
-        # callback is starting (the two would fence each other).
-        async with self._starting:
-            if state.producer is None:
-                assert self._new_transactional is not None
-                producer = self._new_transactional(self._transactional_id(state))
-                try:
-                    await start_client(
-                        producer, f"starting the transactional producer of {self.name!r}"
-                    )
-                except StreamlibError as exc:
-                    log.error(
-                        "binding %s: cannot start the transactional producer %r: %s",
-                        self.name,
-                        self._transactional_id(state),
-                        exc,
-                    )
-                    raise
-                state.producer = producer
+        """The partition's transactional producer, started by its worker for the first
+        transaction after assignment (or after a failure replaced it); taking the id fences
+        a previous owner and aborts the transaction it left open. StreamlibError when it
+        cannot start."""
+        # Started here rather than in the rebalance callback: producers started there were
+        # seen to stall the worker's transactions.
+        if state.producer is None:
+            assert self._new_transactional is not None
+            producer = self._new_transactional(self._transactional_id(state))
+            try:
+                await start_client(
+                    producer, f"starting the transactional producer of {self.name!r}"
+                )
+            except StreamlibError as exc:
+                log.error(
+                    "binding %s: cannot start the transactional producer %r: %s",
+                    self.name,
+                    self._transactional_id(state),
+                    exc,
+                )
+                raise
+            state.producer = producer
         return state.producer
 
     async def _close_producers(self, states: list[_Partition]) -> None:
