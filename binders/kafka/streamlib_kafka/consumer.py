@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import struct
 from collections import deque
@@ -45,6 +46,7 @@ _T = TypeVar("_T")
 
 READY_TIMEOUT = 60.0
 _FETCH_WAIT_MS = 200
+_RESTART_DELAY = 0.5
 
 
 class _Partition(PartitionOffsets):
@@ -176,6 +178,9 @@ class KafkaBinding:
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._room = asyncio.Event()
+        self._backpressure = False
+        self._task_failures = 0
+        self._last_task_failure: str | None = None
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -223,6 +228,7 @@ class KafkaBinding:
             isolation_level="read_committed" if ext.transactional else "read_uncommitted",
             session_timeout_ms=self._defaults.session_timeout_ms,
             heartbeat_interval_ms=self._defaults.heartbeat_interval_ms,
+            max_poll_interval_ms=self._defaults.max_poll_interval_ms,
             # Range is the strategy Java clients share with aiokafka, so a Python member can
             # join a Spring group. Only one: aiokafka 0.14 sends one JoinGroup per listed
             # assignor on every rejoin, and two members doing that can rebalance forever.
@@ -234,6 +240,7 @@ class KafkaBinding:
         self._workers = [_Worker() for _ in range(self._concurrency)]
         self._in_flight = 0
         self._assigned_once.clear()
+        self._backpressure = False
         self._running = True
         try:
             if self._static is not None:
@@ -243,24 +250,33 @@ class KafkaBinding:
             else:
                 consumer.subscribe([self._topic], listener=_Listener(self))
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._fetch(), name=f"{self.name}:fetch")]
+            tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [("fetch", self._fetch)]
+            work = self._work if self._new_transactional is None else self._work_transactional
             if self._new_transactional is None:
-                self._tasks.append(
-                    loop.create_task(self._commit_periodically(), name=f"{self.name}:commit")
-                )
-                self._tasks += [
-                    loop.create_task(self._work(w), name=f"{self.name}:worker{i}")
-                    for i, w in enumerate(self._workers)
-                ]
-            else:
-                self._tasks += [
-                    loop.create_task(self._work_transactional(w), name=f"{self.name}:worker{i}")
-                    for i, w in enumerate(self._workers)
-                ]
+                tasks.append(("commit", self._commit_periodically))
+            for i, w in enumerate(self._workers):
+                tasks.append((f"worker{i}", functools.partial(work, w)))
+            self._tasks = [
+                loop.create_task(self._supervised(what, run), name=f"{self.name}:{what}")
+                for what, run in tasks
+            ]
             await self._ready()
         except BaseException:
             await self._close()
             raise
+
+    async def _supervised(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run one task of the binding; if it dies of an unexpected error, log it, count it
+        in ``health()`` and start it again, so the binding never stops silently."""
+        while True:
+            try:
+                await run()
+                return
+            except Exception as exc:
+                self._task_failures += 1
+                self._last_task_failure = f"{what}: {type(exc).__name__}: {exc}"
+                log.exception("binding %s: task %s died; restarting it", self.name, what)
+                await asyncio.sleep(_RESTART_DELAY)
 
     async def _ready(self) -> None:
         try:
@@ -277,17 +293,21 @@ class KafkaBinding:
             ) from None
 
     async def stop(self) -> None:
-        """Stop fetching, finish the record each worker is handling, commit, and leave."""
+        """Stop fetching, finish the record each worker is handling, commit, and leave; a
+        cancelled stop skips the waiting but still closes the clients and leaves."""
         if not self._running:
             return
         self._running = False
-        fetch = self._tasks[0] if self._tasks else None
-        if fetch is not None:
-            fetch.cancel()
-            await asyncio.gather(fetch, return_exceptions=True)
-        states = list(self._partitions.values())
-        await self._drain(states)
-        await self._close()
+        try:
+            fetch = self._tasks[0] if self._tasks else None
+            if fetch is not None:
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+            await self._drain(list(self._partitions.values()))
+        finally:
+            # Also when the stopping task is cancelled: close the clients and leave the group
+            # (what was not committed is redelivered to the next owner).
+            await asyncio.shield(self._close())
 
     async def _close(self) -> None:
         self._running = False
@@ -405,14 +425,24 @@ class KafkaBinding:
         max_poll = self._defaults.max_poll_records
         while True:
             room = self._max_in_flight - self._in_flight
-            if room <= 0:
+            full = room <= 0
+            if full:
+                # Backpressure pauses the partitions but keeps polling: a member that does
+                # not poll for max-poll-interval-ms leaves its group.
                 self._room.clear()
-                await self._room.wait()
-                continue
+                consumer.pause(*self._partitions)
+            elif self._backpressure and not self._paused:
+                consumer.resume(*self._partitions)
+            self._backpressure = full
             try:
                 batches = await consumer.getmany(
-                    timeout_ms=_FETCH_WAIT_MS, max_records=min(room, max_poll)
+                    timeout_ms=0 if full else _FETCH_WAIT_MS,
+                    max_records=max(1, min(room, max_poll)),
                 )
+                if full and not batches:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_FETCH_WAIT_MS / 1000):
+                            await self._room.wait()
             except KafkaError as exc:
                 log.warning("binding %s: fetching from %s failed: %s", self.name, self._topic, exc)
                 await asyncio.sleep(1.0)
@@ -448,6 +478,9 @@ class KafkaBinding:
                     worker.current = state
                     await self._handle(state, generation, record)
                     worker.current = None
+            except Exception:
+                self._redeliver(state)
+                raise
             finally:
                 worker.current = None
                 self._in_flight -= len(records)
@@ -534,6 +567,9 @@ class KafkaBinding:
                     worker.current = state
                     start = await self._transact(state, generation, records, start)
                     worker.current = None
+            except Exception:
+                self._redeliver(state)
+                raise
             finally:
                 worker.current = None
                 self._in_flight -= len(records)
@@ -683,6 +719,16 @@ class KafkaBinding:
             _dlq_headers(record, failure),
         )
 
+    def _redeliver(self, state: _Partition) -> None:
+        """The worker died handling a record of ``state``: that record is neither finished
+        nor failed, so start over from the first unfinished one."""
+        for _, ack, _ in state.pending:
+            if isinstance(ack, Confirmation):
+                ack.future.add_done_callback(_retrieve)
+        target = state.rewind()
+        if target is not None and not state.revoked and self._consumer is not None:
+            self._consumer.seek(state.tp, target)
+
     def _rewound(self, state: _Partition, rewind: Rewind | None) -> bool:
         """Act on a rewind of ``state``, if any: log it and seek back to redeliver."""
         if rewind is None:
@@ -735,7 +781,9 @@ class KafkaBinding:
     # -- health --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """Running state, assigned partitions and lag (records not yet handled) per partition."""
+        """Running state, assigned partitions, lag (records not yet handled) per partition,
+        and how many times a task of the binding died and was restarted (with the last
+        error)."""
         lag: dict[int, int | None] = {}
         consumer = self._consumer
         for tp, state in self._partitions.items():
@@ -755,6 +803,8 @@ class KafkaBinding:
             "group": self._group_id,
             "assigned": sorted(lag),
             "lag": lag,
+            "task-failures": self._task_failures,
+            "last-task-failure": self._last_task_failure,
         }
 
     def client(self) -> Any:
