@@ -526,7 +526,7 @@ class KafkaBinding:
         dropped (logged) because there is no DLQ or its dead letter was refused."""
         failure = Failure(failed.error, failed.attempts)
         where = f"{self._topic} partition {record.partition} offset {record.offset}"
-        if self._dlq_topic is None or failed.dead_letter:
+        if not self._spec.properties.dlq or self._dlq_topic is None or failed.dead_letter:
             log.error(
                 "binding %s: message %s failed after %d attempt(s) and is dropped (%s): %s",
                 self.name,

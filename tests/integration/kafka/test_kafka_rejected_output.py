@@ -188,3 +188,51 @@ async def test_a_transaction_with_a_rejected_output_is_aborted_and_its_input_ret
     [letter] = letters
     assert orjson.loads(letter.value) == {"seq": 4}
     assert b"MessageSizeTooLarge" in dict(letter.headers)["x-exception-message"]
+
+
+async def test_without_a_dlq_a_rejected_output_is_retried_then_logged_with_the_reason(
+    kafka_bootstrap: str,
+    kafka_config: Config,
+    unique: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source, target, group = unique("rejlog-in"), unique("rejlog-out"), unique("rejlog")
+    await create_topic(kafka_bootstrap, source, 1)
+    await create_topic(kafka_bootstrap, target, 1, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    bindings = {
+        "relay-in-0": {
+            "destination": source,
+            "group": group,
+            "consumer": {
+                "max-attempts": 2,
+                "retryable-exceptions": ["PublishError"],
+                "back-off-initial-interval": 0.01,
+            },
+        },
+        "relay-out-0": {"destination": target},
+    }
+    binder = {"producer": {"enable-idempotence": False, "acks": 1}}
+    app = StreamApp("rejlog", config=kafka_config(bindings, binder))
+    handled: Collector[int] = Collector()
+
+    @app.processor
+    async def relay(item: Item) -> str:
+        handled.add(item.seq)
+        if item.seq == 1:
+            await asyncio.sleep(0.2)  # its own batch: a rejected batch fails all its records
+            return OVERSIZED
+        return f"out {item.seq}"
+
+    async with app.run():
+        await produce(kafka_bootstrap, source, range(4))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while (await committed(kafka_bootstrap, group)).get(0) != 4:
+            assert loop.time() < deadline, "the group never committed offset 4"
+            await asyncio.sleep(0.1)
+    outputs = await read_topic(kafka_bootstrap, target, 3, TIMEOUT, 0.5)
+    assert {r.value.decode() for r in outputs} == {"out 0", "out 2", "out 3"}
+    assert Counter(handled.items)[1] == 2, handled.items
+    dropped = [r.getMessage() for r in caplog.records if "dropped (no DLQ)" in r.getMessage()]
+    assert len(dropped) == 1
+    assert "offset 1 " in dropped[0] and "MessageSizeTooLarge" in dropped[0]
