@@ -154,3 +154,25 @@ async def test_unreachable_broker_is_a_connection_error_without_secrets() -> Non
             pass
     assert info.value.retriable
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_dead_letter_queue_without_a_group_fails_naming_the_group_key() -> None:
+    props = ConsumerProperties.model_validate({"dlq": True})
+    spec = ConsumerSpec("take-in-0", "orders", None, props, 0, 1)
+    binder = KafkaBinder({"bootstrap-servers": "127.0.0.1:1"}, CONTEXT)
+
+    async def dispatch(envelope: Any) -> Any:
+        raise AssertionError("nothing is consumed")
+
+    with pytest.raises(ConfigError) as info:
+        await binder.bind_consumer(spec, dispatch)  # type: ignore[arg-type]
+    assert info.value.key == "bindings.take-in-0.group"
+    assert "dlq" in info.value.reason
+    await binder.aclose()
+
+
+def test_max_poll_interval_is_a_consumer_setting() -> None:
+    assert (
+        settings({"consumer": {"max-poll-interval-ms": 3000}}).consumer.max_poll_interval_ms == 3000
+    )

@@ -51,6 +51,11 @@ class KafkaBinder(BaseBinder):
         key = f"bindings.{spec.binding_name}"
         if spec.properties.partitioned and not spec.group:
             raise ConfigError(f"{key}.group", "a partitioned consumer requires a group")
+        if spec.properties.dlq and not spec.group:
+            raise ConfigError(
+                f"{key}.group",
+                "consumer.dlq requires a group (the DLQ topic is error.<destination>.<group>)",
+            )
         transactional = None
         if extension.transactional:
             if not spec.group:
@@ -73,16 +78,16 @@ class KafkaBinder(BaseBinder):
             await binding.start()
         return binding
 
-    def _transactional_factory(self, spec: ConsumerSpec) -> Callable[[int], Any]:
-        """Transactional producers of a binding, one per worker, with ids unique per instance
-        (``<app>-<instance-index>-<binding>-<worker>``): a restarted instance fences its
-        predecessor's producers and aborts their open transactions."""
-        prefix = f"{self.context.app_name}-{spec.instance_index}-{spec.binding_name}-"
+    def _transactional_factory(self, spec: ConsumerSpec) -> Callable[[str], Any]:
+        """Transactional producers of a binding, one per assigned partition, each created
+        with its partition's id (``naming.transactional_id``): the member that owns a
+        partition owns its id, so replicas never share one, and a new owner fences a
+        zombie predecessor and aborts the transaction it left open."""
         kwargs = {**self._client_kwargs, **producer_kwargs(self.settings)}
         kwargs["enable_idempotence"] = True
 
-        def new(worker: int) -> Any:
-            return AIOKafkaProducer(**kwargs, transactional_id=f"{prefix}{worker}")
+        def new(transactional_id: str) -> Any:
+            return AIOKafkaProducer(**kwargs, transactional_id=transactional_id)
 
         return new
 

@@ -12,89 +12,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untyped]
     RangePartitionAssignor,
 )
 
 from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
-from streamlib.errors import BindingError
+from streamlib.errors import BindingError, StreamlibError
 from streamlib.messages import Envelope
-from streamlib.retry import Failure
+from streamlib.retry import Failure, RetryPolicy
 
 from . import naming
 from .attributes import RecordExtras
 from .dead_letters import send_dead_letter
 from .errors import KafkaError, start_client
 from .headers import decode_headers
+from .offsets import PartitionOffsets, Rewind, SendFailure
 from .producer import Confirmation, ProducerClient
 from .settings import ConsumerDefaults, KafkaConsumerExtension
 from .transactions import Transaction, current_transaction
 
 log = logging.getLogger("streamlib.kafka")
 
+_T = TypeVar("_T")
+
 READY_TIMEOUT = 60.0
 _FETCH_WAIT_MS = 200
+_RESTART_DELAY = 0.5
 
 
-class _Partition:
-    """Progress of one assigned partition.
+class _Partition(PartitionOffsets):
+    """An assigned partition: its offsets, the worker that handles its records, and (for a
+    transactional binding) the producer whose transactions commit its offsets."""
 
-    ``done`` is the offset to commit: every record before it was handled and confirmed.
-    ``pending`` holds handled records (in offset order) whose sends await confirmation.
-    """
-
-    __slots__ = ("committed", "done", "generation", "pending", "revoked", "tp", "worker")
+    __slots__ = ("producer", "tp", "worker")
 
     def __init__(self, tp: Any, worker: int) -> None:
+        super().__init__()
         self.tp = tp
         self.worker = worker
-        self.done = -1
-        self.committed = -1
-        self.pending: deque[tuple[int, Confirmation | None]] = deque()
-        self.revoked = False
-        self.generation = 0
-
-    def finished(self, offset: int) -> None:
-        if self.pending:
-            self.pending.append((offset, None))
-        else:
-            self.done = offset + 1
-
-    def advance(self) -> BaseException | None:
-        """Move ``done`` past every confirmed record; the error of a failed send, if any."""
-        pending = self.pending
-        while pending:
-            offset, confirmation = pending[0]
-            if confirmation is not None:
-                if not confirmation.done():
-                    return None
-                error = confirmation.error()
-                if error is not None:
-                    return error
-            pending.popleft()
-            self.done = offset + 1
-        return None
-
-    async def flush(self) -> BaseException | None:
-        """Wait for every pending confirmation in order; the first error, if any."""
-        pending = self.pending
-        while pending:
-            offset, confirmation = pending[0]
-            if confirmation is not None:
-                try:
-                    await confirmation
-                except Exception as exc:
-                    return exc
-            pending.popleft()
-            self.done = offset + 1
-        return None
+        self.producer: Any = None
 
 
 class _Worker:
@@ -118,6 +83,38 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self._binding._assigned(assigned)
+
+
+class _Rejected(Exception):
+    """A send of the record at ``offset`` failed inside a transaction."""
+
+    def __init__(self, offset: int, dead_letter: bool, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.offset = offset
+        self.dead_letter = dead_letter
+        self.error = error
+
+
+async def _attributed(offset: int, dead_letter: bool, send: Awaitable[_T]) -> _T:
+    """Await a send of the record at ``offset``; its failure raised as ``_Rejected``."""
+    try:
+        return await send
+    except Exception as exc:
+        raise _Rejected(offset, dead_letter, exc) from exc
+
+
+def _fenced(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kafka_errors.ProducerFenced):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def envelope_of(record: Any) -> Envelope:
@@ -147,7 +144,7 @@ class KafkaBinding:
         client_kwargs: dict[str, Any],
         producer: ProducerClient,
         partition_count: int,
-        transactional: Callable[[int], Any] | None = None,
+        transactional: Callable[[str], Any] | None = None,
     ) -> None:
         self._spec = spec
         self._dispatch = dispatch
@@ -161,12 +158,16 @@ class KafkaBinding:
         self._static = self._static_partitions(partition_count)
         self._concurrency = spec.properties.concurrency
         self._max_in_flight = extension.max_in_flight
+        self._policy = RetryPolicy.from_properties(spec.properties)
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
         self._workers: list[_Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
         self._room = asyncio.Event()
+        self._backpressure = False
+        self._task_failures = 0
+        self._last_task_failure: str | None = None
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -174,7 +175,6 @@ class KafkaBinding:
         self._reset_pending = extension.reset_offsets
         self._running = False
         self._new_transactional = transactional
-        self._transactional: list[Any] = []
 
     def _static_partitions(self, partition_count: int) -> list[int] | None:
         spec = self._spec
@@ -215,6 +215,7 @@ class KafkaBinding:
             isolation_level="read_committed" if ext.transactional else "read_uncommitted",
             session_timeout_ms=self._defaults.session_timeout_ms,
             heartbeat_interval_ms=self._defaults.heartbeat_interval_ms,
+            max_poll_interval_ms=self._defaults.max_poll_interval_ms,
             # Range is the strategy Java clients share with aiokafka, so a Python member can
             # join a Spring group. Only one: aiokafka 0.14 sends one JoinGroup per listed
             # assignor on every rejoin, and two members doing that can rebalance forever.
@@ -226,6 +227,7 @@ class KafkaBinding:
         self._workers = [_Worker() for _ in range(self._concurrency)]
         self._in_flight = 0
         self._assigned_once.clear()
+        self._backpressure = False
         self._running = True
         try:
             if self._static is not None:
@@ -235,31 +237,33 @@ class KafkaBinding:
             else:
                 consumer.subscribe([self._topic], listener=_Listener(self))
             loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._fetch(), name=f"{self.name}:fetch")]
+            tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [("fetch", self._fetch)]
+            work = self._work if self._new_transactional is None else self._work_transactional
             if self._new_transactional is None:
-                self._tasks.append(
-                    loop.create_task(self._commit_periodically(), name=f"{self.name}:commit")
-                )
-                self._tasks += [
-                    loop.create_task(self._work(w), name=f"{self.name}:worker{i}")
-                    for i, w in enumerate(self._workers)
-                ]
-            else:
-                for i, w in enumerate(self._workers):
-                    producer = self._new_transactional(i)
-                    self._transactional.append(producer)
-                    await start_client(
-                        producer, f"starting the transactional producer of {self.name!r}"
-                    )
-                    self._tasks.append(
-                        loop.create_task(
-                            self._work_transactional(w, producer), name=f"{self.name}:worker{i}"
-                        )
-                    )
+                tasks.append(("commit", self._commit_periodically))
+            for i, w in enumerate(self._workers):
+                tasks.append((f"worker{i}", functools.partial(work, w)))
+            self._tasks = [
+                loop.create_task(self._supervised(what, run), name=f"{self.name}:{what}")
+                for what, run in tasks
+            ]
             await self._ready()
         except BaseException:
             await self._close()
             raise
+
+    async def _supervised(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run one task of the binding; if it dies of an unexpected error, log it, count it
+        in ``health()`` and start it again, so the binding never stops silently."""
+        while True:
+            try:
+                await run()
+                return
+            except Exception as exc:
+                self._task_failures += 1
+                self._last_task_failure = f"{what}: {type(exc).__name__}: {exc}"
+                log.exception("binding %s: task %s died; restarting it", self.name, what)
+                await asyncio.sleep(_RESTART_DELAY)
 
     async def _ready(self) -> None:
         try:
@@ -276,17 +280,21 @@ class KafkaBinding:
             ) from None
 
     async def stop(self) -> None:
-        """Stop fetching, finish the record each worker is handling, commit, and leave."""
+        """Stop fetching, finish the record each worker is handling, commit, and leave; a
+        cancelled stop skips the waiting but still closes the clients and leaves."""
         if not self._running:
             return
         self._running = False
-        fetch = self._tasks[0] if self._tasks else None
-        if fetch is not None:
-            fetch.cancel()
-            await asyncio.gather(fetch, return_exceptions=True)
-        states = list(self._partitions.values())
-        await self._drain(states)
-        await self._close()
+        try:
+            fetch = self._tasks[0] if self._tasks else None
+            if fetch is not None:
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+            await self._drain(list(self._partitions.values()))
+        finally:
+            # Also when the stopping task is cancelled: close the clients and leave the group
+            # (what was not committed is redelivered to the next owner).
+            await asyncio.shield(self._close())
 
     async def _close(self) -> None:
         self._running = False
@@ -294,13 +302,8 @@ class KafkaBinding:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self._partitions = {}
-        producers, self._transactional = self._transactional, []
-        for producer in producers:
-            try:
-                await producer.stop()
-            except KafkaError as exc:
-                log.warning("binding %s: closing a producer failed: %s", self.name, exc)
+        states, self._partitions = list(self._partitions.values()), {}
+        await self._close_producers(states)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -350,25 +353,56 @@ class KafkaBinding:
     async def _revoked(self, revoked: Any) -> None:
         states = [self._partitions.pop(tp) for tp in revoked if tp in self._partitions]
         await self._drain(states)
+        await self._close_producers(states)
+
+    def _transactional_id(self, state: _Partition) -> str:
+        return naming.transactional_id(self._group_id, self._topic, state.tp.partition)
+
+    async def _transactional_producer(self, state: _Partition) -> Any:
+        """The partition's transactional producer, started by its worker for the first
+        transaction after assignment (or after a failure replaced it); taking the id fences
+        a previous owner and aborts the transaction it left open. StreamlibError when it
+        cannot start."""
+        # Started here rather than in the rebalance callback: producers started there were
+        # seen to stall the worker's transactions.
+        if state.producer is None:
+            assert self._new_transactional is not None
+            producer = self._new_transactional(self._transactional_id(state))
+            try:
+                await start_client(
+                    producer, f"starting the transactional producer of {self.name!r}"
+                )
+            except StreamlibError as exc:
+                log.error(
+                    "binding %s: cannot start the transactional producer %r: %s",
+                    self.name,
+                    self._transactional_id(state),
+                    exc,
+                )
+                raise
+            state.producer = producer
+        return state.producer
+
+    async def _close_producers(self, states: list[_Partition]) -> None:
+        for state in states:
+            producer, state.producer = state.producer, None
+            if producer is None:
+                continue
+            try:
+                await producer.stop()
+            except KafkaError as exc:
+                log.warning("binding %s: closing a producer failed: %s", self.name, exc)
 
     async def _drain(self, states: list[_Partition]) -> None:
         """Let the workers finish their current record of ``states``, then commit them."""
         for state in states:
             state.revoked = True
-        # Polled: cheaper than signalling from the hot path, and only rebalances wait here.
+        # Polled: cheaper than signalling from the hot path; rebalances and stop() wait here.
         for worker in self._workers:
             while worker.current is not None and worker.current in states:
                 await asyncio.sleep(0.005)
         for state in states:
-            error = await state.flush()
-            if error is not None:
-                log.error(
-                    "binding %s: a send for %s offset %d failed; it will be redelivered: %s",
-                    self.name,
-                    self._topic,
-                    state.pending[0][0],
-                    error,
-                )
+            self._rewound(state, await state.flush())
         await self._commit(states)
 
     # -- the hot path --------------------------------------------------------------------
@@ -378,14 +412,24 @@ class KafkaBinding:
         max_poll = self._defaults.max_poll_records
         while True:
             room = self._max_in_flight - self._in_flight
-            if room <= 0:
+            full = room <= 0
+            if full:
+                # Backpressure pauses the partitions but keeps polling: a member that does
+                # not poll for max-poll-interval-ms leaves its group.
                 self._room.clear()
-                await self._room.wait()
-                continue
+                consumer.pause(*self._partitions)
+            elif self._backpressure and not self._paused:
+                consumer.resume(*self._partitions)
+            self._backpressure = full
             try:
                 batches = await consumer.getmany(
-                    timeout_ms=_FETCH_WAIT_MS, max_records=min(room, max_poll)
+                    timeout_ms=0 if full else _FETCH_WAIT_MS,
+                    max_records=max(1, min(room, max_poll)),
                 )
+                if full and not batches:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_FETCH_WAIT_MS / 1000):
+                            await self._room.wait()
             except KafkaError as exc:
                 log.warning("binding %s: fetching from %s failed: %s", self.name, self._topic, exc)
                 await asyncio.sleep(1.0)
@@ -398,15 +442,13 @@ class KafkaBinding:
                 state = self._partitions.get(tp)
                 if state is None or state.revoked or not records:
                     continue
-                if state.done < 0:
-                    state.done = state.committed = records[0].offset
+                state.fetched(records[0].offset)
                 self._in_flight += len(records)
                 worker = self._workers[state.worker]
                 worker.batches.append((state, state.generation, records))
                 worker.wake.set()
 
     async def _work(self, worker: _Worker) -> None:
-        dispatch = self._dispatch
         batches = worker.batches
         while True:
             if not batches:
@@ -418,28 +460,83 @@ class KafkaBinding:
                 for record in records:
                     if self._paused:
                         await self._resumed.wait()
-                    if state.revoked or generation != state.generation:
+                    if not state.accepts(generation):
                         break
                     worker.current = state
-                    outcome = await dispatch(envelope_of(record))
-                    if outcome is not ACK:
-                        await self._settle(state, record, outcome)
-                    elif state.pending:
-                        state.pending.append((record.offset, None))
-                    else:
-                        state.done = record.offset + 1
+                    await self._handle(state, generation, record)
                     worker.current = None
+            except Exception:
+                self._redeliver(state)
+                raise
             finally:
                 worker.current = None
                 self._in_flight -= len(records)
                 if self._in_flight < self._max_in_flight:
                     self._room.set()
 
-    async def _work_transactional(self, worker: _Worker, producer: Any) -> None:
-        """Like ``_work``, but records commit in transactions (one per batch unless a pause
-        splits it): the handler's sends (through ``current_transaction``), dead letters and
-        the consumed offsets commit together."""
-        current_transaction.set(Transaction(producer, self._producer))
+    async def _handle(self, state: _Partition, generation: int, record: Any) -> None:
+        """Dispatch one record and note its outcome. A record redelivered because its sends
+        failed counts those as attempts: it is retried while the policy allows, then
+        dead-lettered or logged."""
+        failed = state.failure(record.offset)
+        if failed is not None:
+            if not self._policy.should_retry(failed.error, failed.attempts):
+                try:
+                    letter = await self._give_up(record, failed)
+                except Exception as exc:
+                    rewind = state.failed(generation, record.offset, exc, dead_letter=True)
+                    self._rewound(state, rewind)
+                    return
+                state.handled(generation, record.offset, letter, dead_letter=True)
+                return
+            await asyncio.sleep(self._policy.backoff(failed.attempts))
+        outcome = await self._dispatch_record(record)
+        if outcome is ACK and not state.pending:
+            state.handled(generation, record.offset, None)
+            return
+        await self._settle(state, generation, record, outcome)
+
+    async def _dispatch_record(self, record: Any) -> Outcome:
+        """Dispatch a record; one that cannot become an envelope fails like an undecodable
+        body (dead-lettered or logged), so the partition goes on."""
+        try:
+            envelope = envelope_of(record)
+        except Exception as exc:
+            where = f"{record.topic} partition {record.partition} offset {record.offset}"
+            return self._dispatch.unreadable(exc, where)
+        return await self._dispatch(envelope)
+
+    async def _give_up(
+        self, record: Any, failed: SendFailure, producer: Any = None
+    ) -> Confirmation | None:
+        """A record whose sends failed for good: its dead letter, or None when it is
+        dropped (logged) because there is no DLQ or its dead letter was refused."""
+        failure = Failure(failed.error, failed.attempts)
+        where = f"{self._topic} partition {record.partition} offset {record.offset}"
+        if not self._spec.properties.dlq or self._dlq_topic is None or failed.dead_letter:
+            log.error(
+                "binding %s: message %s failed after %d attempt(s) and is dropped (%s): %s",
+                self.name,
+                where,
+                failed.attempts,
+                "its dead letter was refused" if failed.dead_letter else "no DLQ",
+                failure.reason,
+            )
+            return None
+        log.warning(
+            "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",
+            self.name,
+            where,
+            failed.attempts,
+            failure.fqcn,
+            failure.reason,
+        )
+        return await self._dead_letter(record, failure, producer)
+
+    async def _work_transactional(self, worker: _Worker) -> None:
+        """Like ``_work``, but records commit in transactions of their partition's producer
+        (one per batch unless a pause splits it): the handler's sends (through
+        ``current_transaction``), dead letters and the consumed offsets commit together."""
         batches = worker.batches
         while True:
             if not batches:
@@ -452,11 +549,14 @@ class KafkaBinding:
                 while start < len(records):
                     if self._paused:
                         await self._resumed.wait()
-                    if state.revoked or generation != state.generation:
+                    if not state.accepts(generation):
                         break
                     worker.current = state
-                    start = await self._transact(producer, state, generation, records, start)
+                    start = await self._transact(state, generation, records, start)
                     worker.current = None
+            except Exception:
+                self._redeliver(state)
+                raise
             finally:
                 worker.current = None
                 self._in_flight -= len(records)
@@ -464,41 +564,97 @@ class KafkaBinding:
                     self._room.set()
 
     async def _transact(
-        self, producer: Any, state: _Partition, generation: int, records: list[Any], start: int
+        self, state: _Partition, generation: int, records: list[Any], start: int
     ) -> int:
         """One transaction over ``records[start:]``, ended early by a pause or a revoke;
-        returns the index of the first record it did not handle."""
-        dispatch = self._dispatch
+        returns the index of the first record it did not handle. The transaction commits
+        only once the broker acknowledged every output and dead letter in it; otherwise it
+        is aborted and the partition rewinds to its committed offset."""
         index = start
+        sent: list[tuple[int, Confirmation, bool]] = []
+        producer = None
         try:
+            producer = await self._transactional_producer(state)
+            current_transaction.set(Transaction(producer, self._producer))
             await producer.begin_transaction()
             while index < len(records):
-                if self._paused or state.revoked or generation != state.generation:
+                if self._paused or not state.accepts(generation):
                     break
                 record = records[index]
-                outcome = await dispatch(envelope_of(record))
-                # Sends inside the transaction are confirmed by its commit.
-                if outcome.pending is not None and not isinstance(outcome.pending, Confirmation):
-                    await outcome.pending
-                if outcome.failure is not None:
-                    await self._dead_letter(record, outcome.failure, producer)
                 index += 1
+                failed = state.failure(record.offset)
+                if failed is not None:
+                    if not self._policy.should_retry(failed.error, failed.attempts):
+                        letter = await _attributed(
+                            record.offset, True, self._give_up(record, failed, producer)
+                        )
+                        if letter is not None:
+                            sent.append((record.offset, letter, True))
+                        continue
+                    await asyncio.sleep(self._policy.backoff(failed.attempts))
+                outcome = await self._dispatch_record(record)
+                pending = outcome.pending
+                if isinstance(pending, Confirmation):
+                    sent.append((record.offset, pending, False))
+                elif pending is not None:
+                    await _attributed(record.offset, False, pending)
+                if outcome.failure is not None:
+                    letter = await _attributed(
+                        record.offset, True, self._dead_letter(record, outcome.failure, producer)
+                    )
+                    sent.append((record.offset, letter, True))
+            for offset, confirmation, dead_letter in sent:
+                await _attributed(offset, dead_letter, confirmation)
             if index > start:
                 offsets = {state.tp: records[index - 1].offset + 1}
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
             await producer.commit_transaction()
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await producer.abort_transaction()
-            self._rewind(state, records[start].offset, exc)
+            for _, confirmation, _ in sent:
+                confirmation.future.add_done_callback(_retrieve)
+            if isinstance(exc, _Rejected):
+                rewind = state.failed(generation, exc.offset, exc.error, exc.dead_letter)
+            else:
+                rewind = state.failed(generation, records[start].offset, exc)
+            self._rewound(state, rewind)
+            if producer is not None:
+                await self._after_abort(state, producer, exc)
+            else:
+                await asyncio.sleep(1.0)
             return len(records)
         if index > start:
-            state.done = state.committed = records[index - 1].offset + 1
+            state.transacted(generation, records[index - 1].offset + 1)
         return index
 
-    async def _settle(self, state: _Partition, record: Any, outcome: Outcome) -> None:
-        """Record a handled message whose outcome needs a confirmation or a dead letter."""
+    async def _after_abort(self, state: _Partition, producer: Any, exc: Exception) -> None:
+        """Abort the failed transaction and replace the producer: a rejected send leaves
+        its sequence numbers out of step for good. A fenced producer is not replaced (that
+        would fence the partition's new owner): the partition stops until it is revoked."""
+        with contextlib.suppress(Exception):
+            await producer.abort_transaction()
+        if _fenced(exc):
+            log.error(
+                "binding %s: the transactional producer %r of %s partition %d was fenced by "
+                "another member holding the same id; the partition stops here until it is "
+                "reassigned",
+                self.name,
+                self._transactional_id(state),
+                self._topic,
+                state.tp.partition,
+            )
+            state.revoked = True
+            if self._consumer is not None:
+                self._consumer.pause(state.tp)
+            return
+        if state.producer is producer:
+            await self._close_producers([state])
+
+    async def _settle(
+        self, state: _Partition, generation: int, record: Any, outcome: Outcome
+    ) -> None:
+        """Note a handled record whose outcome needs a confirmation or a dead letter."""
         confirmation: Confirmation | None = None
+        dead_letter = False
         try:
             if outcome.pending is not None:
                 confirmation = await self._confirmation(outcome.pending)
@@ -506,28 +662,26 @@ class KafkaBinding:
                 if confirmation is not None:
                     await confirmation
                     confirmation = None
+                dead_letter = True
                 confirmation = await self._dead_letter(record, outcome.failure)
         except Exception as exc:
-            self._rewind(state, record.offset, exc)
+            self._rewound(state, state.failed(generation, record.offset, exc, dead_letter))
             return
-        if confirmation is None:
-            state.finished(record.offset)
-            return
-        state.pending.append((record.offset, confirmation))
+        state.handled(generation, record.offset, confirmation, dead_letter)
+        # Checked after every record, so a rejected send stops the partition promptly.
+        self._rewound(state, state.advance())
         if len(state.pending) > self._max_in_flight:
             await self._confirm_some(state)
 
     async def _confirm_some(self, state: _Partition) -> None:
         """Bound the unconfirmed records of a partition: wait for the oldest ones."""
-        error = state.advance()
-        while error is None and len(state.pending) > self._max_in_flight // 2:
+        while len(state.pending) > self._max_in_flight // 2:
             oldest = state.pending[0][1]
             if oldest is not None:
                 with contextlib.suppress(Exception):
                     await oldest
-            error = state.advance()
-        if error is not None:
-            self._rewind(state, state.pending[0][0], error)
+            if self._rewound(state, state.advance()):
+                return
 
     @staticmethod
     async def _confirmation(pending: Awaitable[None]) -> Confirmation | None:
@@ -545,27 +699,38 @@ class KafkaBinding:
             producer = await self._producer.get()
         return await send_dead_letter(self._producer, producer, self._dlq_topic, record, failure)
 
-    def _rewind(self, state: _Partition, offset: int, exc: BaseException) -> None:
-        """A send failed: redeliver the partition from its first unconfirmed record."""
-        if self._new_transactional is not None:
-            target = state.committed
-        else:
-            target = state.pending[0][0] if state.pending else offset
+    def _redeliver(self, state: _Partition) -> None:
+        """The worker died handling a record of ``state``: that record is neither finished
+        nor failed, so start over from the first unfinished one."""
+        for _, ack, _ in state.pending:
+            if isinstance(ack, Confirmation):
+                ack.future.add_done_callback(_retrieve)
+        target = state.rewind()
+        if target is not None and not state.revoked and self._consumer is not None:
+            self._consumer.seek(state.tp, target)
+
+    def _rewound(self, state: _Partition, rewind: Rewind | None) -> bool:
+        """Act on a rewind of ``state``, if any: log it and seek back to redeliver."""
+        if rewind is None:
+            return False
+        for ack in rewind.dropped:
+            # Their errors no longer matter; retrieve them so asyncio does not report them.
+            if isinstance(ack, Confirmation):
+                ack.future.add_done_callback(_retrieve)
         log.error(
-            "binding %s: sending for %s partition %d offset %d failed; redelivering from "
-            "offset %d: %s",
+            "binding %s: sending for %s partition %d offset %d failed (attempt %d); "
+            "redelivering from offset %s: %s",
             self.name,
             self._topic,
             state.tp.partition,
-            offset,
-            target,
-            exc,
+            rewind.failed,
+            rewind.failure.attempts,
+            rewind.to,
+            rewind.failure.error,
         )
-        state.pending.clear()
-        state.generation += 1
-        state.done = target
-        if not state.revoked and self._consumer is not None:
-            self._consumer.seek(state.tp, target)
+        if rewind.to is not None and not state.revoked and self._consumer is not None:
+            self._consumer.seek(state.tp, rewind.to)
+        return True
 
     # -- committing ----------------------------------------------------------------------
 
@@ -575,14 +740,12 @@ class KafkaBinding:
             await asyncio.sleep(interval)
             states = []
             for state in list(self._partitions.values()):
-                error = state.advance()
-                if error is not None:
-                    self._rewind(state, state.pending[0][0], error)
+                self._rewound(state, state.advance())
                 states.append(state)
             await self._commit(states)
 
     async def _commit(self, states: list[_Partition]) -> None:
-        offsets = {s.tp: s.done for s in states if s.done > s.committed}
+        offsets = {s.tp: offset for s in states if (offset := s.to_commit()) is not None}
         if not offsets or self._consumer is None:
             return
         try:
@@ -592,12 +755,15 @@ class KafkaBinding:
             log.info("binding %s: commit deferred: %s", self.name, exc)
             return
         for state in states:
-            state.committed = max(state.committed, offsets.get(state.tp, -1))
+            if state.tp in offsets:
+                state.commit_succeeded(offsets[state.tp])
 
     # -- health --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """Running state, assigned partitions and lag (records not yet handled) per partition."""
+        """Running state, assigned partitions, lag (records not yet handled) per partition,
+        and how many times a task of the binding died and was restarted (with the last
+        error)."""
         lag: dict[int, int | None] = {}
         consumer = self._consumer
         for tp, state in self._partitions.items():
@@ -617,6 +783,8 @@ class KafkaBinding:
             "group": self._group_id,
             "assigned": sorted(lag),
             "lag": lag,
+            "task-failures": self._task_failures,
+            "last-task-failure": self._last_task_failure,
         }
 
     def client(self) -> Any:

@@ -4,7 +4,7 @@ Outgoing: ``scst_partition`` (JSON digits) first when the producer is partitione
 ``contentType`` (raw UTF-8), then the user's headers, then ``spring_json_header_types``
 naming each header's Java type. Strings travel as raw UTF-8, numbers and structures as JSON,
 bytes as they are (and untyped). Incoming: headers typed ``java.lang.String`` become ``str``,
-other typed headers are JSON-decoded, untyped ones stay ``bytes``.
+other typed headers are JSON-decoded, untyped ones stay ``bytes``, null values are None.
 """
 
 from __future__ import annotations
@@ -103,10 +103,10 @@ def _types(raw: bytes) -> dict[str, str]:
     return types
 
 
-_decoded_cache: dict[Sequence[tuple[str, bytes]], dict[str, Any]] = {}
+_decoded_cache: dict[Sequence[tuple[str, bytes | None]], dict[str, Any]] = {}
 
 
-def decode_headers(raw: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+def decode_headers(raw: Sequence[tuple[str, bytes | None]]) -> dict[str, Any]:
     """Message headers from Kafka record headers (any record, with or without Spring's).
 
     Records of one producer mostly carry identical headers, so decoded results of hashable
@@ -124,15 +124,19 @@ def decode_headers(raw: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
     return _decode(raw)
 
 
-def _decode(raw: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+def _decode(raw: Sequence[tuple[str, bytes | None]]) -> dict[str, Any]:
     types: dict[str, str] | None = None
     for name, value in raw:
-        if name == JSON_TYPES:
+        if name == JSON_TYPES and value is not None:
             types = _types(value)
     out: dict[str, Any] = {}
     for name, value in raw:
         java_type = types.get(name) if types else None
-        if java_type is None:
+        if value is None:
+            # A null header (Kafka allows them; Spring writes them for null values).
+            if name != JSON_TYPES:
+                out[name] = None
+        elif java_type is None:
             if name != JSON_TYPES:
                 out[name] = value
         elif java_type == STRING:

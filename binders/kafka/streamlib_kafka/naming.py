@@ -20,3 +20,10 @@ def group_id(group: str | None) -> str:
 def dlq_topic(destination: str, group: str) -> str:
     """Dead-letter topic of a destination and group: ``error.<destination>.<group>``."""
     return f"error.{destination}.{group}"
+
+
+def transactional_id(group: str, topic: str, partition: int) -> str:
+    """``transactional.id`` of the producer that commits a partition's consumed offsets:
+    ``streamlib-<group>.<topic>.<partition>`` (Spring Kafka's producer-per-partition
+    scheme), so whoever owns the partition owns the id."""
+    return f"streamlib-{group}.{topic}.{partition}"

@@ -89,6 +89,8 @@ class ConsumerDefaults(_Model):
     max_poll_records: int = Field(500, ge=1)
     commit_interval_ms: int = Field(500, ge=1)
     """How often processed offsets are committed (also on stop and on revoke)."""
+    max_poll_interval_ms: int = Field(300000, ge=1)
+    """How long a member may go without polling before it leaves its group."""
 
 
 class KafkaBinderSettings(_Model):
