@@ -77,7 +77,8 @@ async def test_a_worker_that_dies_is_reported_and_restarted(
         handled.add(item.seq)
 
     async with app.run():
-        binding: Any = app.binding("take-in-0")
+        # The Kafka binding itself, under the app's handle on it.
+        binding: Any = app.binding("take-in-0")._binding  # type: ignore[attr-defined]
         dispatch = binding._dispatch
         raised: list[int] = []
 
