@@ -12,6 +12,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
+    ConfigResource,
+    ConfigResourceType,
+)
 from pydantic import BaseModel
 from streamlib_kafka.testing import read_topic
 
@@ -36,6 +40,18 @@ async def create_topic(bootstrap: str, name: str, partitions: int, **configs: st
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+
+async def shrink_limit(bootstrap: str, topic: str) -> None:
+    """Lower ``topic``'s max.message.bytes after the app read it at provisioning, so the
+    broker (not the binder's own size check) refuses the oversized output."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, limit)])
     finally:
         await admin.close()
 
@@ -66,7 +82,7 @@ async def test_an_output_rejected_while_the_next_record_runs_is_not_committed_pa
 ) -> None:
     source, target, group = unique("rej-in"), unique("rej-out"), unique("rej")
     await create_topic(kafka_bootstrap, source, 1)
-    await create_topic(kafka_bootstrap, target, 1, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    await create_topic(kafka_bootstrap, target, 1)
     bindings = {
         "relay-in-0": {
             "destination": source,
@@ -105,6 +121,7 @@ async def test_an_output_rejected_while_the_next_record_runs_is_not_committed_pa
         return OVERSIZED if seq == 1 else f"out {seq}"
 
     async with app.run():
+        await shrink_limit(kafka_bootstrap, target)
         await produce(kafka_bootstrap, source, range(10))
         async with asyncio.timeout(TIMEOUT):
             await holding.wait()
@@ -133,7 +150,7 @@ async def test_an_output_rejected_while_the_next_record_runs_is_not_committed_pa
     assert orjson.loads(letter.value) == {"seq": 1}
     headers = dict(letter.headers)
     assert headers["x-exception-fqcn"] == b"streamlib.errors.PublishError"
-    assert b"MessageSizeTooLarge" in headers["x-exception-message"]
+    assert b"MESSAGE_SIZE_TOO_LARGE" in headers["x-exception-message"]
 
 
 async def test_a_transaction_with_a_rejected_output_is_aborted_and_its_input_retried(
@@ -141,7 +158,7 @@ async def test_a_transaction_with_a_rejected_output_is_aborted_and_its_input_ret
 ) -> None:
     source, target, group = unique("txrej-in"), unique("txrej-out"), unique("txrej")
     await create_topic(kafka_bootstrap, source, 1)
-    await create_topic(kafka_bootstrap, target, 1, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    await create_topic(kafka_bootstrap, target, 1)
     bindings = {
         "relay-in-0": {
             "destination": source,
@@ -165,6 +182,7 @@ async def test_a_transaction_with_a_rejected_output_is_aborted_and_its_input_ret
         return OVERSIZED if item.seq == 4 else f"out {item.seq}"
 
     async with app.run():
+        await shrink_limit(kafka_bootstrap, target)
         await produce(kafka_bootstrap, source, range(10))
         letters = await read_topic(
             kafka_bootstrap,
@@ -187,7 +205,7 @@ async def test_a_transaction_with_a_rejected_output_is_aborted_and_its_input_ret
     assert Counter(handled.items)[4] == 2, handled.items
     [letter] = letters
     assert orjson.loads(letter.value) == {"seq": 4}
-    assert b"MessageSizeTooLarge" in dict(letter.headers)["x-exception-message"]
+    assert b"MESSAGE_SIZE_TOO_LARGE" in dict(letter.headers)["x-exception-message"]
 
 
 async def test_without_a_dlq_a_rejected_output_is_retried_then_logged_with_the_reason(
@@ -198,7 +216,7 @@ async def test_without_a_dlq_a_rejected_output_is_retried_then_logged_with_the_r
 ) -> None:
     source, target, group = unique("rejlog-in"), unique("rejlog-out"), unique("rejlog")
     await create_topic(kafka_bootstrap, source, 1)
-    await create_topic(kafka_bootstrap, target, 1, **{"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+    await create_topic(kafka_bootstrap, target, 1)
     bindings = {
         "relay-in-0": {
             "destination": source,
@@ -224,6 +242,7 @@ async def test_without_a_dlq_a_rejected_output_is_retried_then_logged_with_the_r
         return f"out {item.seq}"
 
     async with app.run():
+        await shrink_limit(kafka_bootstrap, target)
         await produce(kafka_bootstrap, source, range(4))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TIMEOUT
@@ -235,4 +254,4 @@ async def test_without_a_dlq_a_rejected_output_is_retried_then_logged_with_the_r
     assert Counter(handled.items)[1] == 2, handled.items
     dropped = [r.getMessage() for r in caplog.records if "dropped (no DLQ)" in r.getMessage()]
     assert len(dropped) == 1
-    assert "offset 1 " in dropped[0] and "MessageSizeTooLarge" in dropped[0]
+    assert "offset 1 " in dropped[0] and "MESSAGE_SIZE_TOO_LARGE" in dropped[0]
