@@ -1,0 +1,90 @@
+"""A processor's return value is checked against its annotation before it is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from streamlib import Message, StreamApp
+from streamlib.testing import HandlerFailed, run_app
+
+pytestmark = pytest.mark.anyio
+
+
+class Invoice(BaseModel):
+    order_id: int
+    total: float
+
+
+class Receipt(BaseModel):
+    order_id: int
+
+
+def _app() -> StreamApp:
+    return StreamApp(
+        "results",
+        config={
+            "bindings": {
+                "bill-in-0": {
+                    "destination": "orders",
+                    "group": "billing",
+                    "consumer": {"max-attempts": 2, "back-off-initial-interval": 0.01, "dlq": True},
+                },
+                "bill-out-0": {"destination": "invoices"},
+            }
+        },
+    )
+
+
+async def test_a_result_of_the_wrong_type_is_dead_lettered_naming_the_handler() -> None:
+    app = _app()
+
+    @app.processor
+    async def bill(order: dict[str, Any]) -> Invoice:
+        if order["id"] == 2:
+            return Receipt(order_id=2)  # type: ignore[return-value]
+        return Invoice(order_id=order["id"], total=1.0)
+
+    async with run_app(app, raise_handler_errors=False) as running:
+        await running.send("bill-in-0", {"id": 2})
+        await running.send("bill-in-0", {"id": 3})
+        [dead] = await running.dead_letters("bill-in-0", 1)
+        sent = await running.next("bill-out-0", Invoice)
+    assert dead.payload == {"id": 2}
+    reason = dead.headers["x-exception-message"]
+    assert "processor bill returned Receipt, not Invoice" in reason, reason
+    assert sent.payload == Invoice(order_id=3, total=1.0)
+    assert [m.payload for m in running.messages("bill-out-0", Invoice)] == [sent.payload]
+    assert [handler for handler, _ in running.handler_errors] == ["bill"]  # not retried
+
+
+async def test_a_message_payload_is_checked_against_its_type_argument() -> None:
+    app = _app()
+
+    @app.processor
+    async def bill(order: dict[str, Any]) -> Message[Invoice]:
+        return Message({"order_id": "not a number"})  # type: ignore[arg-type]
+
+    async with run_app(app) as running:
+        await running.send("bill-in-0", {"id": 1})
+        with pytest.raises(HandlerFailed, match="processor bill returned dict, not Invoice"):
+            await running.next("bill-out-0")
+    assert running.messages("bill-out-0") == []
+
+
+async def test_scalars_are_not_coerced_and_optional_results_may_be_none() -> None:
+    app = _app()
+
+    @app.processor
+    async def bill(order: dict[str, Any]) -> int | None:
+        return None if order["id"] == 1 else str(order["id"])  # type: ignore[return-value]
+
+    async with run_app(app, raise_handler_errors=False) as running:
+        await running.send("bill-in-0", {"id": 1})
+        await running.send("bill-in-0", {"id": 2})
+        [dead] = await running.dead_letters("bill-in-0", 1)
+    assert dead.payload == {"id": 2}
+    assert "processor bill returned str, not int" in dead.headers["x-exception-message"]
+    assert running.messages("bill-out-0") == []
