@@ -88,3 +88,19 @@ async def test_scalars_are_not_coerced_and_optional_results_may_be_none() -> Non
     assert dead.payload == {"id": 2}
     assert "processor bill returned str, not int" in dead.headers["x-exception-message"]
     assert running.messages("bill-out-0") == []
+
+
+async def test_a_source_result_is_checked_too() -> None:
+    app = StreamApp("ticks")
+    values = iter(["one", 2])
+
+    @app.source(interval=0.01)
+    async def tick() -> int:
+        return next(values, 3)  # type: ignore[return-value]
+
+    async with run_app(app, raise_handler_errors=False) as running:
+        first = await running.next("tick-out-0")
+    assert first.payload == 2
+    [(handler, error)] = running.handler_errors[:1]
+    assert handler == "tick"
+    assert str(error).startswith("source tick returned str, not int")
