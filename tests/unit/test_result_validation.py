@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -104,3 +105,44 @@ async def test_a_source_result_is_checked_too() -> None:
     [(handler, error)] = running.handler_errors[:1]
     assert handler == "tick"
     assert str(error).startswith("source tick returned str, not int")
+
+
+@pytest.mark.kafka
+async def test_on_kafka_a_wrong_result_is_dead_lettered_and_the_next_record_goes_on(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    orders, group = unique("results-orders"), unique("results-billing")
+    app = StreamApp(
+        "results-kafka",
+        config={
+            "binders": {"kafka": {"type": "kafka", "bootstrap-servers": kafka_bootstrap}},
+            "bindings": {
+                "bill-in-0": {
+                    "destination": orders,
+                    "group": group,
+                    "consumer": {"max-attempts": 3, "back-off-initial-interval": 0.01, "dlq": True},
+                },
+                "bill-out-0": {"destination": unique("results-invoices")},
+            },
+        },
+    )
+    handled: list[int] = []
+
+    @app.processor
+    async def bill(order: dict[str, Any]) -> Invoice:
+        handled.append(order["id"])
+        if order["id"] == 1:
+            return {"order_id": 1, "total": 1.0}  # type: ignore[return-value]
+        return Invoice(order_id=order["id"], total=2.0)
+
+    async with run_app(app, binder=None, raise_handler_errors=False, timeout=30) as running:
+        await running.send("bill-in-0", {"id": 1}, key="c-1")
+        await running.send("bill-in-0", {"id": 2}, key="c-1")
+        [dead] = await running.dead_letters("bill-in-0", 1)
+        sent = await running.next("bill-out-0", Invoice)
+    assert handled == [1, 2]  # not retried
+    assert dead.payload == {"id": 1} and dead.key == b"c-1"
+    assert dead.headers["x-exception-fqcn"] == b"streamlib.errors.MessageConversionError"
+    assert dead.headers["x-exception-message"] == b"processor bill returned dict, not Invoice"
+    assert sent.payload == Invoice(order_id=2, total=2.0)
+    assert [m.payload for m in running.messages("bill-out-0", Invoice)] == [sent.payload]
