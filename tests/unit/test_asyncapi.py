@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = "examples/quickstart/app.py:app"
@@ -197,3 +198,83 @@ def test_the_html_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert "<h1>quickstart 1.0.0</h1>" in dom and "bill-in-0" in dom
     pixels = _png_pixels(shot.read_bytes())
     assert len(set(pixels)) > 16, "the screenshot is blank"
+
+
+MIXED = """
+from pydantic import BaseModel
+
+from streamlib import Message, StreamApp
+
+
+class Address(BaseModel):
+    city: str
+
+
+class Customer(BaseModel):
+    name: str
+    address: Address
+
+
+app = StreamApp("mixed", config={
+    "binders": {
+        "events": {"type": "kafka", "bootstrap-servers": "nowhere:9092"},
+        "queues": {"type": "rabbit", "host": "nowhere"},
+    },
+    "default-binder": "events",
+    "bindings": {
+        "tick-out-0": {"destination": "ticks"},
+        "register-in-0": {"destination": "customers", "binder": "queues"},
+        "register-out-0": {"destination": "registered", "binder": "queues"},
+        "count-in-0": {"destination": "ticks", "group": "counter"},
+    },
+})
+
+
+@app.source
+async def tick() -> int:
+    return 1
+
+
+@app.processor
+async def register(customer: Message[Customer]) -> dict[str, str]:
+    return {"name": customer.payload.name}
+
+
+@app.sink
+async def count(n: int) -> None:
+    return None
+"""
+
+
+def test_sources_scalars_nested_models_and_two_binders(node_modules: Path, tmp_path: Path) -> None:
+    (tmp_path / "mixed.py").write_text(MIXED)
+    out = tmp_path / "mixed.yaml"
+    target = f"{tmp_path}/mixed.py:app"
+    result = _streamlib("docs", "asyncapi", target, "--format", "yaml", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    code, lines = _parse(node_modules, out)
+    assert (code, _errors(lines)) == (0, [])
+    doc = yaml.safe_load(out.read_text())
+    channels, operations = doc["channels"], doc["operations"]
+    assert channels["ticks"]["bindings"] == {"kafka": {"topic": "ticks", "bindingVersion": "0.5.0"}}
+    assert channels["customers"]["bindings"]["amqp"]["exchange"]["name"] == "customers"
+    # No group: an anonymous, exclusive, auto-deleted queue.
+    anonymous = channels["customers.anonymous"]["bindings"]["amqp"]["queue"]
+    assert (anonymous["durable"], anonymous["exclusive"], anonymous["autoDelete"]) == (
+        False,
+        True,
+        True,
+    )
+    assert operations["tick-out-0"]["summary"] == "source tick sends to ticks (tick-out-0)"
+    assert operations["count-in-0"]["bindings"]["kafka"]["groupId"]["enum"] == ["counter"]
+    assert operations["register-in-0"]["bindings"] == {
+        "amqp": {"ack": True, "bindingVersion": "0.3.0"}
+    }
+    messages = doc["components"]["messages"]
+    assert messages["tick-out-0-payload"]["payload"] == {"type": "integer"}
+    assert messages["register-out-0-payload"]["payload"]["additionalProperties"] == {
+        "type": "string"
+    }
+    schemas = doc["components"]["schemas"]
+    assert schemas["Customer"]["properties"]["address"] == {"$ref": "#/components/schemas/Address"}
+    assert set(schemas["Address"]["properties"]) == {"city"}
