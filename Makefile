@@ -15,7 +15,15 @@ $(STAMP): pyproject.toml binders/kafka/pyproject.toml binders/rabbit/pyproject.t
 	$(BIN)/pip install -q -e '.[dev]' -e binders/kafka -e binders/rabbit
 	touch $(STAMP)
 
-install: $(STAMP)
+# The AsyncAPI parser and Chromium check `streamlib docs` in the tests.
+NPM_CACHE ?= $(HOME)/.cache/streamlib/npm
+ASYNCAPI_PARSER := $(NPM_CACHE)/node_modules/@asyncapi/parser/package.json
+
+$(ASYNCAPI_PARSER):
+	npm install -q --prefix $(NPM_CACHE) --no-audit --no-fund '@asyncapi/parser@3'
+
+install: $(STAMP) $(ASYNCAPI_PARSER)
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 demo: install
 	$(BIN)/python examples/quickstart/app.py

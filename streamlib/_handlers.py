@@ -10,9 +10,13 @@ from enum import Enum
 from functools import partial
 from typing import Any
 
+from pydantic import BaseModel, PydanticSchemaGenerationError, TypeAdapter, ValidationError
+
 from ._threads import run_sync
-from .errors import ConfigError
+from .errors import ConfigError, MessageConversionError
 from .messages import Message
+
+ResultCheck = Callable[[Any], None]
 
 
 class Kind(Enum):
@@ -31,6 +35,8 @@ class Handler:
     interval: float | None = None
     result_type: Any = Any
     """What the function is annotated to return (``T`` of ``Message[T]``, ``None`` removed)."""
+    check_result: ResultCheck | None = None
+    """Raises MessageConversionError naming the handler when a result is not ``result_type``."""
 
     @property
     def input_binding(self) -> str | None:
@@ -67,6 +73,46 @@ def _result_type(hints: dict[str, Any]) -> Any:
         inner = typing.get_args(hint)
         return inner[0] if inner else Any
     return hint
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def result_checker(hint: Any, what: str) -> ResultCheck | None:
+    """A check of a result (a ``Message``'s payload) against ``hint``, strict as pydantic's
+    strict mode: no coercion, so a dict is no model and ``"1"`` no int. None where anything
+    goes (no annotation, ``Any``, ``object``, a type variable)."""
+    if hint is Any or hint is object or hint is None or isinstance(hint, typing.TypeVar):
+        return None
+    expected = _type_name(hint)
+    adapter: TypeAdapter[Any] | None
+    try:
+        adapter = TypeAdapter(hint)
+    except (PydanticSchemaGenerationError, TypeError):
+        if not isinstance(hint, type):
+            return None
+        adapter = None
+
+    def check(result: Any) -> None:
+        value = result.payload if isinstance(result, Message) else result
+        if isinstance(hint, type) and isinstance(value, hint):
+            return
+        if adapter is not None and not (isinstance(hint, type) and issubclass(hint, BaseModel)):
+            try:
+                adapter.validate_python(value, strict=True)
+                return
+            except ValidationError as exc:
+                detail = f": {exc.errors()[0]['msg']}"
+        else:
+            detail = ""
+        raise MessageConversionError(
+            f"{what} returned {type(value).__name__}, not {expected}{detail}"
+        )
+
+    return check
 
 
 def _awaitable_call(
@@ -106,8 +152,14 @@ def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = No
         ):
             raise ConfigError("", f"source {fn.__qualname__} must take no arguments")
         call = _awaitable_call(fn, name, False)
-        return Handler(kind, name, call, None, False, interval, _result_type(hints))
+        result = _result_type(hints)
+        check = result_checker(result, f"source {name}")
+        return Handler(kind, name, call, None, False, interval, result, check)
     payload_type, wants_message = _payload_type(fn, kind, hints)
     call = _awaitable_call(fn, name, True)
-    result = _result_type(hints) if kind is Kind.PROCESSOR else None
-    return Handler(kind, name, call, payload_type, wants_message, None, result)
+    if kind is Kind.PROCESSOR:
+        result = _result_type(hints)
+        check = result_checker(result, f"processor {name}")
+    else:
+        result, check = None, None
+    return Handler(kind, name, call, payload_type, wants_message, None, result, check)

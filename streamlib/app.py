@@ -386,7 +386,11 @@ class StreamApp:
             out_name = handler.output_binding
             assert out_name is not None
 
+            check = handler.check_result
+
             async def send_result(result: Any) -> Awaitable[None] | None:
+                if check is not None:
+                    check(result)
                 if isinstance(result, Message) and result.destination:
                     return await self._send(result.destination, result)
                 return await self._outputs[out_name].send(result)
@@ -467,6 +471,8 @@ class StreamApp:
         async def poll_once(_: None) -> None:
             result = await handler.call(None)
             if result is not None:
+                if handler.check_result is not None:
+                    handler.check_result(result)
                 await (await output.send(result))
 
         poll = self._reported(handler, poll_once)

@@ -1,4 +1,4 @@
-"""The streamlib command: run an app; bus and saga commands when present.
+"""The streamlib command: run an app, send a message; bus and saga commands when present.
 
 Logging options (-v, --log-level) are accepted before or after the subcommand."""
 
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import orjson
 import yaml
 
 from . import __version__
@@ -26,11 +27,19 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def load_app(target: str) -> StreamApp:
-    """``package.module:attribute`` -> the StreamApp it names (cwd is importable)."""
-    module_name, _, attr = target.partition(":")
+    """``package.module:attribute`` (or ``path/file.py:attribute``) -> the StreamApp it names
+    (cwd is importable)."""
+    module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
         raise StreamlibError(f"expected module:app, got {target!r}")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+    if module_name.endswith(".py"):
+        # A file: its directory becomes importable, as `python path/app.py` would make it.
+        path = Path(module_name)
+        if not path.is_file():
+            raise StreamlibError(f"cannot import {module_name} (from {target}): no such file")
+        sys.path.insert(0, str(path.resolve().parent))
+        module_name = path.stem
+    elif "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
@@ -90,12 +99,89 @@ def _overrides(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    asyncio.run(serve(_configured_app(args)))
+    return 0
+
+
+def _headers(pairs: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise StreamlibError(f"expected NAME=VALUE after --header, got {pair!r}")
+        headers[name.strip()] = value
+    return headers
+
+
+def _sender(args: argparse.Namespace) -> StreamApp:
+    """An app with no handlers and the configuration the command names: that of ``--app``
+    (its binding defaults included), else ``--config`` or ``./streamlib.yaml``; ``--set`` on
+    top. The app's own handlers are never started."""
+    if args.app:
+        app = _configured_app(args)
+        config = app.config.model_dump(by_alias=True, exclude_defaults=True)
+        return StreamApp(app.name, config=config)
+    sender = StreamApp(None, config=args.config) if args.config else StreamApp()
+    if args.set:
+        sender.override_config(_overrides(args.set), "--set")
+    return sender
+
+
+async def _send_one(args: argparse.Namespace) -> int:
+    try:
+        payload = orjson.loads(args.json)
+    except orjson.JSONDecodeError as exc:
+        raise StreamlibError(f"the message is not JSON ({exc}): {args.json!r}") from None
+    headers = _headers(args.header)
+    sender = _sender(args)
+    name, type_name, _, _ = sender._binder_for(
+        args.destination, sender.config.binding(args.destination)
+    )
+    if type_name == "memory":
+        raise StreamlibError(
+            f"{args.destination} is bound to the in-memory binder (binder {name!r}), which "
+            "reaches no other process; configure a broker (--app, --config FILE, --set or "
+            "STREAMLIB_* variables)"
+        )
+    async with sender.run():
+        await sender.send(args.destination, payload, key=args.key, headers=headers)
+    destination = sender.config.binding(args.destination).destination or args.destination
+    print(f"sent to {destination}")
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    return asyncio.run(_send_one(args))
+
+
+def _configured_app(args: argparse.Namespace) -> StreamApp:
     app = load_app(args.app)
     if args.config:
         app.use_config(args.config)
     if args.set:
         app.override_config(_overrides(args.set), "--set")
-    asyncio.run(serve(app))
+    return app
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None or output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from .asyncapi import asyncapi_document
+
+    document = asyncapi_document(_configured_app(args), version=args.api_version)
+    if args.docs_command == "html":
+        from .asyncapi_html import render_html
+
+        _write(render_html(document), args.output)
+    elif args.format == "yaml":
+        _write(yaml.safe_dump(document, sort_keys=False), args.output)
+    else:
+        _write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n", args.output)
     return 0
 
 
@@ -141,6 +227,54 @@ def _parser() -> argparse.ArgumentParser:
         "repeatable",
     )
     run.set_defaults(func=_run)
+    send = commands.add_parser(
+        "send",
+        help="send one JSON message to a binding or destination and wait for the broker",
+        description="Send one JSON message with the configuration of an app (--app) or of a "
+        "file (--config, default ./streamlib.yaml); the app's handlers are not started. "
+        "DESTINATION is a binding name (its configured destination and producer settings "
+        "apply) or a destination.",
+    )
+    send.add_argument("destination", metavar="DESTINATION", help="binding name or destination")
+    send.add_argument("json", metavar="JSON", help="the payload, as JSON")
+    send.add_argument("--app", help="module:attribute of a StreamApp whose configuration to use")
+    send.add_argument("--config", help="YAML config file (default: ./streamlib.yaml)")
+    send.add_argument("--key", help="message key (also the partition key where none is set)")
+    send.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="message header; repeatable",
+    )
+    send.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a configuration key (dotted key, YAML value); repeatable",
+    )
+    send.set_defaults(func=_send)
+    docs = commands.add_parser("docs", help="document an app's bindings (AsyncAPI 3.0)")
+    kinds = docs.add_subparsers(dest="docs_command", required=True)
+    asyncapi = kinds.add_parser("asyncapi", help="write the AsyncAPI 3.0 document")
+    asyncapi.add_argument("--format", choices=["json", "yaml"], default="json")
+    html = kinds.add_parser("html", help="write a static HTML page of the AsyncAPI document")
+    for sub in (asyncapi, html):
+        sub.add_argument("app", help="module:attribute (or file.py:attribute) of a StreamApp")
+        sub.add_argument("--config", help="YAML config file (default: ./streamlib.yaml)")
+        sub.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="set a configuration key (dotted key, YAML value); repeatable",
+        )
+        sub.add_argument("-o", "--output", help="file to write (default: standard output)")
+        sub.add_argument(
+            "--api-version", default="1.0.0", help="info.version of the document (1.0.0)"
+        )
+        sub.set_defaults(func=_docs)
     for name in ("streamlib.bus.cli", "streamlib.saga.cli"):
         try:
             module = importlib.import_module(name)

@@ -25,10 +25,7 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 
-EXCLUDED = {
-    # TODO: docs/saga.md is being rewritten with a runnable example; include it once it lands.
-    "docs/saga.md": "being rewritten; its example is not runnable yet",
-}
+EXCLUDED: dict[str, str] = {}
 FRAGMENTS = {
     # docs/kafka.md is edited together with the Kafka consumer; mark it there as a fragment.
     ("docs/kafka.md", 1): "reads an attribute of a received `msg`; no complete program",
