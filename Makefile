@@ -7,7 +7,7 @@ PACKAGES := streamlib binders/kafka/streamlib_kafka binders/rabbit/streamlib_rab
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not interop'"`.
 PYTEST_ARGS ?=
 
-.PHONY: install demo lint typecheck test test-unit brokers brokers-down bench chaos clean
+.PHONY: install test-tools demo lint typecheck test test-unit brokers brokers-down bench chaos clean
 
 $(STAMP): pyproject.toml binders/kafka/pyproject.toml binders/rabbit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ ASYNCAPI_PARSER := $(NPM_CACHE)/node_modules/@asyncapi/parser/package.json
 $(ASYNCAPI_PARSER):
 	npm install -q --prefix $(NPM_CACHE) --no-audit --no-fund '@asyncapi/parser@3'
 
-install: $(STAMP) $(ASYNCAPI_PARSER)
+install: $(STAMP)
+
+# Only the tests need these, not the demo.
+test-tools: $(ASYNCAPI_PARSER)
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 demo: install
@@ -35,12 +38,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(PACKAGES) tests/typing examples
 
-test-unit: install
+test-unit: install test-tools
 	$(BIN)/pytest tests/unit tests/typing
 
 # Starts Kafka and RabbitMQ with the launcher unless STREAMLIB_TEST_KAFKA/_RABBIT are set,
 # runs every test, and stops what it started, also when tests fail.
-test: install lint typecheck
+test: install test-tools lint typecheck
 	bash tools/with-brokers.sh $(BIN)/pytest $(PYTEST_ARGS)
 
 brokers:
