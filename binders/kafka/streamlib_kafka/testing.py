@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
-from streamlib.messages import Envelope
+from streamlib.binder import Envelope
 from streamlib.testing.harness import BinderHarness
 
 from . import naming

@@ -15,7 +15,7 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractConnection
 
-from streamlib.messages import CONTENT_TYPE, Envelope
+from streamlib.binder import CONTENT_TYPE, Envelope
 from streamlib.testing import BinderHarness
 
 from . import naming
