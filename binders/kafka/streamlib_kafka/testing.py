@@ -95,7 +95,6 @@ class KafkaHarness(BinderHarness):
     """The Kafka binder on the broker of the ``kafka_bootstrap`` fixture."""
 
     name = "kafka"
-    timeout = 30.0
     settle = 1.0
 
     def __init__(self, bootstrap: str) -> None:

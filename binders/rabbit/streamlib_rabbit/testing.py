@@ -34,7 +34,6 @@ class RabbitHarness(BinderHarness):
     """The rabbit binder against the broker at ``url``."""
 
     name = "rabbit"
-    timeout = 15.0
     settle = 0.3
 
     def __init__(self, url: str) -> None:
