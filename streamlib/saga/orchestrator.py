@@ -143,8 +143,6 @@ class Orchestrator:
 
         return timer
 
-    # -- public API ----------------------------------------------------------------------
-
     @property
     def store(self) -> SagaStore:
         """The saga store (opened from configuration on first use)."""
@@ -215,8 +213,6 @@ class Orchestrator:
         """Close the store."""
         if self._store is not None:
             await self._store.aclose()
-
-    # -- driving -------------------------------------------------------------------------
 
     def _lock(self, saga_id: str) -> asyncio.Lock:
         lock = self._locks.get(saga_id)
@@ -491,8 +487,6 @@ class Orchestrator:
             attempt=attempt,
         )
         return await self._save(rec, what, step, f"attempt {attempt}: {error}; retry in {delay}s")
-
-    # -- messages and time ---------------------------------------------------------------
 
     async def _on_reply(self, msg: Message[bytes]) -> None:
         await self._recover()

@@ -194,8 +194,6 @@ class KafkaBinding(BaseBinding):
             return [p for p in range(partition_count) if p % n == i]
         return None
 
-    # -- Binding -------------------------------------------------------------------------
-
     @property
     def is_running(self) -> bool:
         return self._running
@@ -328,8 +326,6 @@ class KafkaBinding(BaseBinding):
         if self._consumer is not None:
             self._consumer.resume(*self._partitions)
 
-    # -- rebalancing ---------------------------------------------------------------------
-
     async def _assigned(self, assigned: Any) -> None:
         load = [0] * self._concurrency
         for state in self._partitions.values():
@@ -405,8 +401,6 @@ class KafkaBinding(BaseBinding):
         for state in states:
             self._rewound(state, await state.flush())
         await self._commit(states)
-
-    # -- the hot path --------------------------------------------------------------------
 
     async def _fetch(self) -> None:
         consumer = self._consumer
@@ -733,8 +727,6 @@ class KafkaBinding(BaseBinding):
             self._consumer.seek(state.tp, rewind.to)
         return True
 
-    # -- committing ----------------------------------------------------------------------
-
     async def _commit_periodically(self) -> None:
         interval = self._defaults.commit_interval_ms / 1000
         while True:
@@ -758,8 +750,6 @@ class KafkaBinding(BaseBinding):
         for state in states:
             if state.tp in offsets:
                 state.commit_succeeded(offsets[state.tp])
-
-    # -- health --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         """Running state, assigned partitions, lag (records not yet handled) per partition,
