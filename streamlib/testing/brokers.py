@@ -96,11 +96,19 @@ def _start_kafka_container() -> str:
     image = os.environ.get(KAFKA_IMAGE_ENV)
     container: Any = KafkaContainer(image) if image else KafkaContainer()
     container = container.with_kraft()
+    _started(container)
+    return str(container.get_bootstrap_server())
+
+
+def _started(container: Any, port: int | None = None) -> tuple[str, int]:
+    """Start ``container``, stop it when the process exits; its host and mapped ``port``."""
     container.start()
     if not _containers:
         atexit.register(_stop_containers)
     _containers.append(container)
-    return str(container.get_bootstrap_server())
+    if port is None:
+        return "", 0
+    return str(container.get_container_host_ip()), int(container.get_exposed_port(port))
 
 
 def _start_rabbit_container() -> str:
@@ -108,13 +116,7 @@ def _start_rabbit_container() -> str:
     from testcontainers.core.container import DockerContainer
 
     container: Any = DockerContainer(os.environ.get(RABBIT_IMAGE_ENV, DEFAULT_RABBIT_IMAGE))
-    container = container.with_exposed_ports(5672)
-    container.start()
-    if not _containers:
-        atexit.register(_stop_containers)
-    _containers.append(container)
-    host = str(container.get_container_host_ip())
-    port = int(container.get_exposed_port(5672))
+    host, port = _started(container.with_exposed_ports(5672), 5672)
     _wait_amqp(host, port, timeout=120.0)
     return f"amqp://guest:guest@{host}:{port}/"
 
@@ -190,12 +192,7 @@ def _start_postgres_container() -> str:
     container = container.with_env("POSTGRES_USER", "streamlib")
     container = container.with_env("POSTGRES_PASSWORD", "streamlib")
     container = container.with_env("POSTGRES_DB", "streamlib").with_exposed_ports(5432)
-    container.start()
-    if not _containers:
-        atexit.register(_stop_containers)
-    _containers.append(container)
-    host = str(container.get_container_host_ip())
-    port = int(container.get_exposed_port(5432))
+    host, port = _started(container, 5432)
     deadline = time.monotonic() + 120.0
     # The image's entrypoint runs a temporary server for its set-up first: the real one is
     # ready at the second "ready" line.
