@@ -170,10 +170,10 @@ class Binding(Protocol):
 class BaseBinding:
     """Optional base class of a ``Binding``: its ``spec``, its ``name``, and default lifecycle.
 
-    A subclass implements ``start``, ``stop`` and ``is_running``. By default ``pause`` stops the
-    binding and ``resume`` starts it again (a consumer that cannot hold its deliveries paused
-    gives them back to the broker), and ``unbind`` is ``stop``; override them where the broker
-    can do better, or where unbinding must also delete what the binding declared.
+    A subclass implements ``start``, ``stop`` and the ``is_running`` property. By default
+    ``pause`` stops the binding and ``resume`` starts it again (a consumer that cannot hold its
+    deliveries paused gives them back to the broker), and ``unbind`` is ``stop``; override them
+    where the broker can do better, or where unbinding must also delete what it declared.
     """
 
     def __init__(self, spec: ConsumerSpec) -> None:
@@ -182,10 +182,6 @@ class BaseBinding:
     @property
     def name(self) -> str:
         return self.spec.binding_name
-
-    @property
-    def is_running(self) -> bool:
-        raise NotImplementedError
 
     async def start(self) -> None:
         raise NotImplementedError
