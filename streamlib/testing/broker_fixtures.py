@@ -20,19 +20,23 @@ from streamlib.testing import brokers
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
+    """Bootstrap servers of a Kafka broker that answers: ``$STREAMLIB_TEST_KAFKA`` or a container."""
     return brokers.kafka_bootstrap()
 
 
 @pytest.fixture(scope="session")
 def rabbit_url() -> str:
+    """AMQP URL of a RabbitMQ broker that answers: ``$STREAMLIB_TEST_RABBIT`` or Testcontainers."""
     return brokers.rabbit_url()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
+    """URL of a PostgreSQL server that answers: ``$STREAMLIB_TEST_POSTGRES`` or Testcontainers."""
     return brokers.postgres_url()
 
 
 @pytest.fixture
 def unique() -> Callable[[str], str]:
+    """``unique("orders")`` -> ``"orders-1f3a9c0b2e"``: a name no other test uses."""
     return brokers.unique_name
