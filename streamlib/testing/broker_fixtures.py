@@ -20,7 +20,7 @@ from streamlib.testing import brokers
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    """Bootstrap servers of a Kafka broker that answers: ``$STREAMLIB_TEST_KAFKA`` or a container."""
+    """Bootstrap servers of a Kafka that answers: ``$STREAMLIB_TEST_KAFKA`` or Testcontainers."""
     return brokers.kafka_bootstrap()
 
 
