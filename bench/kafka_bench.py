@@ -78,9 +78,6 @@ async def create_topic(bootstrap: str) -> str:
     return topic
 
 
-# -- produce ---------------------------------------------------------------------------------
-
-
 async def produce_raw(bootstrap: str, topic: str, items: list[Payload]) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_settings())
     await producer.start()
@@ -114,9 +111,6 @@ async def produce_faststream(bootstrap: str, topic: str, items: list[Payload]) -
         return time.perf_counter() - start
     finally:
         await broker.stop()
-
-
-# -- consume ---------------------------------------------------------------------------------
 
 
 async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
@@ -161,8 +155,6 @@ async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
 
     return await faststream_receive(broker, clock)
 
-
-# -- running ---------------------------------------------------------------------------------
 
 Produce = Callable[[str, str, list[Payload]], Awaitable[float]]
 Consume = Callable[[str, str, int], Awaitable[float]]

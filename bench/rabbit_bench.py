@@ -71,9 +71,6 @@ async def cleanup(url: str, dest: str, groups: list[str]) -> None:
         await channel.exchange_delete(dest)
 
 
-# -- publish ---------------------------------------------------------------------------------
-
-
 async def publish_raw(url: str, dest: str, items: list[Payload]) -> float:
     connection = await aio_pika.connect(url)
     async with connection:
@@ -126,9 +123,6 @@ async def publish_faststream(url: str, dest: str, items: list[Payload]) -> float
         await broker.stop()
 
 
-# -- consume ---------------------------------------------------------------------------------
-
-
 async def consume_raw(url: str, dest: str, group: str, count: int, on: Handler) -> float:
     clock = Clock(count)
     connection = await aio_pika.connect(url)
@@ -177,9 +171,6 @@ def ignore(item: Payload) -> None:
     return None
 
 
-# -- latency ---------------------------------------------------------------------------------
-
-
 async def latency(
     url: str, dest: str, group: str, count: int, consume: Consume
 ) -> tuple[float, float]:
@@ -204,8 +195,6 @@ async def latency(
     ms = sorted(d * 1000 for d in delays)
     return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
 
-
-# -- running ---------------------------------------------------------------------------------
 
 Publish = Callable[[str, str, list[Payload]], Coroutine[Any, Any, float]]
 Consume = Callable[[str, str, str, int, Handler], Coroutine[Any, Any, float]]

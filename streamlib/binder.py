@@ -1,10 +1,13 @@
 """The Binder SPI: what a broker integration implements, and how binders are found.
 
-A binder connects bindings to a broker. The core calls three methods: ``bind_consumer``,
-``bind_producer`` and ``aclose``. Consumers hand every received ``Envelope`` to a
-``Dispatcher`` and act on its ``Outcome``: acknowledge, wait for pending output first, or
-dead-letter a ``Failure``. Binders are registered under the entry-point group
-``streamlib.binders`` by type name and loaded lazily.
+A binder connects bindings to a broker. The core calls ``bind_consumer``, ``bind_producer``,
+``health`` and ``aclose``. Consumers hand every received ``Envelope`` to a ``Dispatcher`` and
+act on its ``Outcome``: acknowledge, wait for pending output first, or dead-letter a
+``Failure``. Binders are registered under the entry-point group ``streamlib.binders`` by type
+name and loaded lazily.
+
+Everything a binder needs from the core is importable from this module (see ``__all__`` and
+docs/writing-a-binder.md); a binder imports nothing else from streamlib.
 """
 
 from __future__ import annotations
@@ -15,10 +18,66 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from .config import ConsumerProperties, ProducerProperties
-from .errors import BinderNotFoundError
-from .messages import Envelope
-from .retry import Failure
+from .config import ConsumerProperties, ProducerProperties, redact_url, validate
+from .errors import (
+    BinderNotFoundError,
+    BindingError,
+    BrokerError,
+    ConfigError,
+    ConnectionLostError,
+    PublishError,
+    StreamlibError,
+)
+from .messages import (
+    CONTENT_TYPE,
+    PARTITION,
+    X_EXCEPTION_FQCN,
+    X_EXCEPTION_MESSAGE,
+    X_EXCEPTION_STACKTRACE,
+    Attribute,
+    Envelope,
+)
+from .retry import Failure, RetryPolicy
+
+__all__ = [
+    "ACK",
+    "CONTENT_TYPE",
+    "DONE",
+    "ENTRY_POINT_GROUP",
+    "PARTITION",
+    "X_EXCEPTION_FQCN",
+    "X_EXCEPTION_MESSAGE",
+    "X_EXCEPTION_STACKTRACE",
+    "Attribute",
+    "BaseBinder",
+    "BaseBinding",
+    "Binder",
+    "BinderContext",
+    "BinderFactory",
+    "BinderNotFoundError",
+    "Binding",
+    "BindingError",
+    "BrokerError",
+    "ConfigError",
+    "ConnectionLostError",
+    "ConsumerProperties",
+    "ConsumerSpec",
+    "Dispatcher",
+    "Envelope",
+    "Failure",
+    "Outcome",
+    "Producer",
+    "ProducerProperties",
+    "ProducerSpec",
+    "PublishError",
+    "RetryPolicy",
+    "StreamlibError",
+    "installed_binder_types",
+    "load_binder_factory",
+    "redact_url",
+    "register_binder",
+    "validate",
+]
 
 ENTRY_POINT_GROUP = "streamlib.binders"
 
@@ -108,6 +167,38 @@ class Binding(Protocol):
     async def unbind(self) -> None: ...
 
 
+class BaseBinding:
+    """Optional base class of a ``Binding``: its ``spec``, its ``name``, and default lifecycle.
+
+    A subclass implements ``start``, ``stop`` and the ``is_running`` property. By default
+    ``pause`` stops the binding and ``resume`` starts it again (a consumer that cannot hold its
+    deliveries paused gives them back to the broker), and ``unbind`` is ``stop``; override them
+    where the broker can do better, or where unbinding must also delete what it declared.
+    """
+
+    def __init__(self, spec: ConsumerSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.binding_name
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def pause(self) -> None:
+        await self.stop()
+
+    async def resume(self) -> None:
+        await self.start()
+
+    async def unbind(self) -> None:
+        await self.stop()
+
+
 class _Done:
     """An awaitable that is already complete."""
 
@@ -145,13 +236,6 @@ class Binder(Protocol):
     async def bind_producer(self, spec: ProducerSpec) -> Producer: ...
     def health(self) -> Mapping[str, Any]: ...
     async def aclose(self) -> None: ...
-
-
-class Provisioner(Protocol):
-    """Creates what a binding needs on the broker (topics, exchanges, queues, DLQs)."""
-
-    async def provision_producer(self, spec: ProducerSpec) -> None: ...
-    async def provision_consumer(self, spec: ConsumerSpec) -> None: ...
 
 
 class BaseBinder:

@@ -22,14 +22,16 @@ from pydantic import BaseModel, ConfigDict
 
 from .binder import (
     DONE,
+    PARTITION,
     BaseBinder,
+    BaseBinding,
     BinderContext,
     ConsumerSpec,
     Dispatcher,
+    Envelope,
     ProducerSpec,
+    validate,
 )
-from .config import validate
-from .messages import PARTITION, Envelope
 
 log = logging.getLogger("streamlib.memory")
 
@@ -125,12 +127,12 @@ def queue_names(spec: ConsumerSpec) -> list[tuple[str, int | None]]:
     return [(f"{dest}.{group}", None)]
 
 
-class MemoryBinding:
+class MemoryBinding(BaseBinding):
     """A consumer on one or more memory queues with ``concurrency`` workers per queue."""
 
     def __init__(self, broker: MemoryBroker, spec: ConsumerSpec, dispatch: Dispatcher) -> None:
         self._broker = broker
-        self._spec = spec
+        super().__init__(spec)
         self._dispatch = dispatch
         self._queues = [
             broker.declare(spec.destination, name, partition, exclusive=spec.group is None)
@@ -144,10 +146,6 @@ class MemoryBinding:
         self._idle.set()
 
     @property
-    def name(self) -> str:
-        return self._spec.binding_name
-
-    @property
     def is_running(self) -> bool:
         return bool(self._tasks) and not self._stopping and not any(t.done() for t in self._tasks)
 
@@ -156,7 +154,7 @@ class MemoryBinding:
             return
         self._stopping = False
         self._running.set()
-        workers = self._spec.properties.concurrency
+        workers = self.spec.properties.concurrency
         self._tasks = [
             asyncio.create_task(self._work(queue), name=f"{self.name}:{queue.name}:{i}")
             for queue in self._queues
@@ -196,11 +194,11 @@ class MemoryBinding:
         if outcome.pending is not None:
             await outcome.pending
         if outcome.failure is not None:
-            group = self._spec.group or "anonymous"
-            dlq = f"error.{self._spec.destination}.{group}"
+            group = self.spec.group or "anonymous"
+            dlq = f"error.{self.spec.destination}.{group}"
             headers = dict(envelope.headers)
             headers.update(outcome.failure.dead_letter_headers())
-            headers["x-original-topic"] = self._spec.destination
+            headers["x-original-topic"] = self.spec.destination
             if envelope.partition is not None:
                 headers["x-original-partition"] = envelope.partition
             dead = replace(envelope, headers=headers, destination=dlq)
@@ -235,7 +233,7 @@ class MemoryBinding:
         await self.stop()
         for queue in self._queues:
             if queue.exclusive:
-                self._broker.delete(self._spec.destination, queue)
+                self._broker.delete(self.spec.destination, queue)
 
 
 class MemoryProducer:

@@ -180,8 +180,6 @@ class LiveConfig:
         self._live_keys: list[str] = list(LIVE_KEYS)
         self._raw: dict[str, Any] | None = None
 
-    # -- declaration ---------------------------------------------------------------------
-
     def settings(self, prefix: str, model: type[M]) -> Settings[M]:
         """Register (or return) the settings of section ``prefix``, validated as ``model``."""
         path = [normalize_key(p) for p in prefix.split(".") if p]
@@ -209,8 +207,6 @@ class LiveConfig:
         provider's keys (``fnmatch`` patterns) that take effect without a restart."""
         self._defaults.append(provider)
         self._live_keys.extend(live_keys)
-
-    # -- loading -------------------------------------------------------------------------
 
     def _read(
         self, source: ConfigSource, name: str | None, overrides: Mapping[str, Any]

@@ -16,6 +16,13 @@ from .errors import StreamlibError
 from .messages import X_EXCEPTION_FQCN, X_EXCEPTION_MESSAGE, X_EXCEPTION_STACKTRACE
 
 
+def exponential_backoff(attempt: int, initial: float, multiplier: float, maximum: float) -> float:
+    """Seconds to wait after failed ``attempt`` (counted from 1): ``initial``, multiplied by
+    ``multiplier`` for every further attempt, at most ``maximum``. The one back-off schedule of
+    consumer retries and saga steps."""
+    return float(min(maximum, initial * multiplier ** max(0, attempt - 1)))
+
+
 def _names(exc_type: type[BaseException]) -> set[str]:
     names: set[str] = set()
     for cls in exc_type.__mro__:
@@ -65,8 +72,8 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
-        return float(
-            min(self.initial_interval * self.multiplier ** (attempt - 1), self.max_interval)
+        return exponential_backoff(
+            attempt, self.initial_interval, self.multiplier, self.max_interval
         )
 
 

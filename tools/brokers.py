@@ -122,9 +122,6 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-# --------------------------------------------------------------------------- state
-
-
 @contextlib.contextmanager
 def locked() -> Iterator[None]:
     BASE.mkdir(parents=True, exist_ok=True)
@@ -150,8 +147,6 @@ def save_state(state: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     tmp.replace(STATE_FILE)
 
-
-# --------------------------------------------------------------------------- processes
 
 MARKERS = {"kafka": "kafka.Kafka", "rabbit": "rabbitmq", "epmd": "epmd", "postgres": "postgres"}
 
@@ -285,8 +280,6 @@ def run_quiet(cmd: list[str], env: dict[str, str] | None = None, timeout: float 
         raise BrokerError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n" + "\n".join(out))
 
 
-# --------------------------------------------------------------------------- installing
-
 _apt_updated = False
 
 
@@ -364,9 +357,6 @@ def install_rabbit() -> None:
             f"after installing rabbitmq-server something answers on {HOST}:{RABBIT_PORT}; "
             "stop the system RabbitMQ service (service rabbitmq-server stop) and retry"
         )
-
-
-# --------------------------------------------------------------------------- health checks
 
 
 def health_python() -> str | None:
@@ -461,9 +451,6 @@ def wait_healthy(
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise fail(f"round-trip check failed: {(proc.stdout + proc.stderr).strip()}")
-
-
-# --------------------------------------------------------------------------- kafka
 
 
 def kafka_libs() -> tuple[str, Path]:
@@ -641,9 +628,6 @@ def start_kafka(state: dict[str, Any]) -> None:
     say(f"kafka {version} up in {time.monotonic() - t0:.1f} s ({KAFKA_BOOTSTRAP}, pid {proc.pid})")
 
 
-# --------------------------------------------------------------------------- rabbitmq
-
-
 def rabbit_home() -> Path:
     return BASE / "rabbit"
 
@@ -793,8 +777,6 @@ def start_rabbit(state: dict[str, Any]) -> None:
     )
     say(f"rabbit up in {time.monotonic() - t0:.1f} s ({HOST}:{RABBIT_PORT}, node {RABBIT_NODE})")
 
-
-# --------------------------------------------------------------------------- postgresql
 
 POSTGRES_PORT = int(os.environ.get("STREAMLIB_POSTGRES_PORT", "5433"))
 POSTGRES_USER = "streamlib"
@@ -1013,8 +995,6 @@ def postgres_status(state: dict[str, Any]) -> int:
 def postgres_env() -> None:
     say(f"export STREAMLIB_TEST_POSTGRES={POSTGRES_URL}")
 
-
-# --------------------------------------------------------------------------- commands
 
 STARTERS = {"kafka": start_kafka, "rabbit": start_rabbit, "postgres": start_postgres}
 

@@ -107,8 +107,6 @@ class Bus:
             _binding_defaults, live_keys=("bus.signing-key", "bus.replay-window", "bus.ack-wait")
         )
 
-    # -- state ---------------------------------------------------------------------------
-
     @property
     def settings(self) -> BusSettings:
         """The ``bus:`` settings of the configuration in force."""
@@ -131,8 +129,6 @@ class Bus:
             self._node_id = node
         return node
 
-    # -- listeners -----------------------------------------------------------------------
-
     def on_refresh(self, fn: L) -> L:
         """Call ``fn(changed_keys)`` after a refresh that changed keys (same as the app's)."""
         return self.app.on_refresh(fn)
@@ -146,8 +142,6 @@ class Bus:
             return fn
 
         return decorate
-
-    # -- sending -------------------------------------------------------------------------
 
     async def refresh(
         self,
@@ -214,8 +208,6 @@ class Bus:
         headers = {SIGNATURE_HEADER: sign(key, body)} if key is not None else None
         await self.app.send(OUTPUT_BINDING, body, headers=headers)
         log.debug("bus %s: sent %s %s", event.origin_service, event.event_type, event.id)
-
-    # -- receiving -----------------------------------------------------------------------
 
     async def _receive(self, message: Message[bytes]) -> None:
         settings = self.settings

@@ -25,6 +25,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from ..retry import exponential_backoff
+
 D = TypeVar("D", bound=BaseModel)
 
 LocalFn = Callable[[D], Awaitable[D | None]]
@@ -59,7 +61,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
-        return float(min(self.max, self.initial * self.multiplier ** max(0, attempt - 1)))
+        return exponential_backoff(attempt, self.initial, self.multiplier, self.max)
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,8 +143,6 @@ class Orchestrator:
 
         return timer
 
-    # -- public API ----------------------------------------------------------------------
-
     @property
     def store(self) -> SagaStore:
         """The saga store (opened from configuration on first use)."""
@@ -215,8 +213,6 @@ class Orchestrator:
         """Close the store."""
         if self._store is not None:
             await self._store.aclose()
-
-    # -- driving -------------------------------------------------------------------------
 
     def _lock(self, saga_id: str) -> asyncio.Lock:
         lock = self._locks.get(saga_id)
@@ -390,49 +386,16 @@ class Orchestrator:
         error: str,
         *,
         timed_out: bool = False,
+        probe: bool = True,
     ) -> SagaRecord:
         """A step or compensation failed (a failure reply, an exception, a deadline).
 
-        After a timeout the command is re-sent with the same id (the participant may have
-        done the work); after a failure reply a retry is a new command.
+        A timed-out remote step with a probe is asked first (unless ``probe`` is off: the probe
+        already answered). After a timeout the command is re-sent with the same id (the
+        participant may have done the work); after a failure reply a retry is a new command.
         """
-        if timed_out and rec.state is SagaState.RUNNING and step.probe_fn is not None:
+        if probe and timed_out and rec.state is SagaState.RUNNING and step.probe_fn is not None:
             return await self._probe(saga, rec, step)
-        return await self._fail(saga, rec, step, error, timed_out=timed_out)
-
-    async def _probe(self, saga: Saga[Any], rec: SagaRecord, step: Step[Any]) -> SagaRecord:
-        """Ask a timed-out remote step's probe whether it took effect."""
-        assert step.probe_fn is not None
-        data = saga.data_type.model_validate(rec.data)
-        try:
-            async with asyncio.timeout(step.timeout):
-                outcome = await step.probe_fn(data)
-            detail = {True: "done", False: "not done", None: "unknown"}[outcome]
-        except Exception as exc:
-            outcome, detail = None, f"unknown: {type(exc).__name__}: {exc}"
-        await self.store.append_history(HistoryEntry(rec.id, "probed", step.name, detail))
-        if outcome is True:
-            return await self._succeeded(rec, step, data)
-        if outcome is False:
-            # It did not happen: like a failure reply (nothing of this step to undo).
-            return await self._fail(saga, rec, step, "timed out; the probe found it not done")
-        attempt = rec.attempt + 1
-        if attempt >= saga.retry_backoff.attempts:
-            rec = rec.evolve(attempt=0)
-            return await self._fail(saga, rec, step, "timed out; outcome unknown", timed_out=True)
-        delay = saga.retry_backoff.delay(attempt)
-        rec = rec.evolve(wait=Wait.PROBE, deadline=time.time() + delay, attempt=attempt)
-        return await self._save(rec, "outcome unknown", step, f"probe again in {delay}s")
-
-    async def _fail(
-        self,
-        saga: Saga[Any],
-        rec: SagaRecord,
-        step: Step[Any],
-        error: str,
-        *,
-        timed_out: bool = False,
-    ) -> SagaRecord:
         command_id = rec.command_id if timed_out else None
         if rec.state is SagaState.COMPENSATING:
             return await self._retry_or_give_up(
@@ -456,6 +419,32 @@ class Orchestrator:
         return await self._save(
             rec, "step failed", step, error, lifecycle=SagaEventType.COMPENSATING
         )
+
+    async def _probe(self, saga: Saga[Any], rec: SagaRecord, step: Step[Any]) -> SagaRecord:
+        """Ask a timed-out remote step's probe whether it took effect."""
+        assert step.probe_fn is not None
+        data = saga.data_type.model_validate(rec.data)
+        try:
+            async with asyncio.timeout(step.timeout):
+                outcome = await step.probe_fn(data)
+            detail = {True: "done", False: "not done", None: "unknown"}[outcome]
+        except Exception as exc:
+            outcome, detail = None, f"unknown: {type(exc).__name__}: {exc}"
+        await self.store.append_history(HistoryEntry(rec.id, "probed", step.name, detail))
+        if outcome is True:
+            return await self._succeeded(rec, step, data)
+        if outcome is False:
+            # It did not happen: like a failure reply (nothing of this step to undo).
+            return await self._failed(saga, rec, step, "timed out; the probe found it not done")
+        attempt = rec.attempt + 1
+        if attempt >= saga.retry_backoff.attempts:
+            rec = rec.evolve(attempt=0)
+            return await self._failed(
+                saga, rec, step, "timed out; outcome unknown", timed_out=True, probe=False
+            )
+        delay = saga.retry_backoff.delay(attempt)
+        rec = rec.evolve(wait=Wait.PROBE, deadline=time.time() + delay, attempt=attempt)
+        return await self._save(rec, "outcome unknown", step, f"probe again in {delay}s")
 
     async def _retry_or_give_up(
         self,
@@ -491,8 +480,6 @@ class Orchestrator:
             attempt=attempt,
         )
         return await self._save(rec, what, step, f"attempt {attempt}: {error}; retry in {delay}s")
-
-    # -- messages and time ---------------------------------------------------------------
 
     async def _on_reply(self, msg: Message[bytes]) -> None:
         await self._recover()

@@ -27,7 +27,7 @@ from .store import (
     SagaState,
     StaleSagaError,
     StoreTransaction,
-    Wait,
+    record_from_row,
     states_of,
 )
 
@@ -69,23 +69,21 @@ _SCHEMA_LOCK = 0x5A6A
 """Advisory lock key: processes starting at once create the tables one after the other."""
 
 
-def _record(row: Any) -> SagaRecord:
-    return SagaRecord(
-        id=row[0],
-        saga=row[1],
-        state=SagaState(row[2]),
-        step=row[3],
-        data=orjson.loads(row[4]),
-        wait=Wait(row[5]),
-        command_id=row[6],
-        deadline=row[7],
-        attempt=row[8],
-        error=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-        owner=row[12],
-        lease_until=row[13],
-        fence=row[14],
+def _columns(record: SagaRecord) -> tuple[Any, ...]:
+    """The values of the ``sagas`` columns ``id`` to ``updated_at``, in schema order."""
+    return (
+        record.id,
+        record.saga,
+        record.state.value,
+        record.step,
+        orjson.dumps(record.data).decode(),
+        record.wait.value,
+        record.command_id,
+        record.deadline,
+        record.attempt,
+        record.error,
+        record.created_at,
+        record.updated_at,
     )
 
 
@@ -156,18 +154,7 @@ class PostgresSagaStore:
                 "attempt, error, created_at, updated_at, owner, lease_until, fence) "
                 "VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) "
                 "ON CONFLICT (id) DO NOTHING RETURNING 1",
-                record.id,
-                record.saga,
-                record.state.value,
-                record.step,
-                orjson.dumps(record.data).decode(),
-                record.wait.value,
-                record.command_id,
-                record.deadline,
-                record.attempt,
-                record.error,
-                record.created_at,
-                record.updated_at,
+                *_columns(record),
                 record.owner,
                 record.lease_until,
                 record.fence,
@@ -184,18 +171,7 @@ class PostgresSagaStore:
                 "UPDATE sagas SET saga=$2, state=$3, step=$4, data=$5::jsonb, wait=$6, "
                 "command_id=$7, deadline=$8, attempt=$9, error=$10, created_at=$11, "
                 f"updated_at=$12{release} WHERE id=$1 AND fence=$13",
-                record.id,
-                record.saga,
-                record.state.value,
-                record.step,
-                orjson.dumps(record.data).decode(),
-                record.wait.value,
-                record.command_id,
-                record.deadline,
-                record.attempt,
-                record.error,
-                record.created_at,
-                record.updated_at,
+                *_columns(record),
                 record.fence,
             )
             if status != "UPDATE 1":
@@ -218,7 +194,7 @@ class PostgresSagaStore:
             )
             if row is None:
                 row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sagas WHERE id=$1", saga_id)
-        return _record(row) if row else None
+        return record_from_row(row) if row else None
 
     async def claim_due(
         self, owner: str, until: float, now: float, limit: int = 100
@@ -236,7 +212,7 @@ class PostgresSagaStore:
                 now,
                 limit,
             )
-        return sorted((_record(r) for r in rows), key=lambda r: (r.created_at, r.id))
+        return sorted((record_from_row(r) for r in rows), key=lambda r: (r.created_at, r.id))
 
     async def renew(self, owner: str, saga_ids: Sequence[str], until: float) -> set[str]:
         pool = await self._connected()
@@ -256,7 +232,7 @@ class PostgresSagaStore:
     async def get(self, saga_id: str) -> SagaRecord | None:
         pool = await self._connected()
         row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM sagas WHERE id=$1", saga_id)
-        return _record(row) if row else None
+        return record_from_row(row) if row else None
 
     async def list(
         self, state: SagaState | Sequence[SagaState] | None = None, saga: str | None = None
@@ -275,7 +251,7 @@ class PostgresSagaStore:
             sql += " WHERE " + " AND ".join(where)
         pool = await self._connected()
         rows = await pool.fetch(sql + " ORDER BY created_at, id", *params)
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     async def append_history(self, entry: HistoryEntry) -> None:
         pool = await self._connected()

@@ -29,7 +29,7 @@ from .store import (
     SagaState,
     StaleSagaError,
     StoreTransaction,
-    Wait,
+    record_from_row,
     states_of,
 )
 
@@ -91,26 +91,6 @@ def _row(record: SagaRecord) -> tuple[Any, ...]:
         record.owner,
         record.lease_until,
         record.fence,
-    )
-
-
-def _record(row: Sequence[Any]) -> SagaRecord:
-    return SagaRecord(
-        id=row[0],
-        saga=row[1],
-        state=SagaState(row[2]),
-        step=row[3],
-        data=orjson.loads(row[4]),
-        wait=Wait(row[5]),
-        command_id=row[6],
-        deadline=row[7],
-        attempt=row[8],
-        error=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-        owner=row[12],
-        lease_until=row[13],
-        fence=row[14],
     )
 
 
@@ -201,7 +181,7 @@ class SqliteSagaStore:
                 (owner, until, saga_id, owner, now),
             )
             row = conn.execute(f"SELECT {_COLUMNS} FROM sagas WHERE id=?", (saga_id,)).fetchone()
-            return _record(row) if row else None
+            return record_from_row(row) if row else None
 
         return await self._run(do)
 
@@ -225,7 +205,7 @@ class SqliteSagaStore:
                     (owner, until, saga_id),
                 )
                 row = conn.execute(f"SELECT {_COLUMNS} FROM sagas WHERE id=?", (saga_id,))
-                found.append(_record(row.fetchone()))
+                found.append(record_from_row(row.fetchone()))
             return found
 
         return await self._run(do)
@@ -252,7 +232,7 @@ class SqliteSagaStore:
     async def get(self, saga_id: str) -> SagaRecord | None:
         def do(conn: sqlite3.Connection) -> SagaRecord | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM sagas WHERE id=?", (saga_id,)).fetchone()
-            return _record(row) if row else None
+            return record_from_row(row) if row else None
 
         return await self._run(do)
 
@@ -274,7 +254,7 @@ class SqliteSagaStore:
         sql += " ORDER BY created_at, id"
 
         def do(conn: sqlite3.Connection) -> builtins.list[SagaRecord]:
-            return [_record(r) for r in conn.execute(sql, params).fetchall()]
+            return [record_from_row(r) for r in conn.execute(sql, params).fetchall()]
 
         return await self._run(do)
 

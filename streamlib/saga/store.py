@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
 from ..errors import StreamlibError
 
 
@@ -221,6 +223,27 @@ class SagaStore(Protocol):
 
     async def aclose(self) -> None:
         """Release resources."""
+
+
+def record_from_row(row: Sequence[Any]) -> SagaRecord:
+    """The record in a row of the SQL stores' ``sagas`` table, its columns in schema order."""
+    return SagaRecord(
+        id=row[0],
+        saga=row[1],
+        state=SagaState(row[2]),
+        step=row[3],
+        data=orjson.loads(row[4]),
+        wait=Wait(row[5]),
+        command_id=row[6],
+        deadline=row[7],
+        attempt=row[8],
+        error=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        owner=row[12],
+        lease_until=row[13],
+        fence=row[14],
+    )
 
 
 def claimable(record: SagaRecord, owner: str, now: float) -> bool:

@@ -1,8 +1,9 @@
 """The binder conformance suite: one test per semantic rule every binder must keep.
 
-Run it for a binder by subclassing ``BinderConformance`` in a test module and providing a
-``binder_harness`` fixture. The same tests run unchanged on every binder; a binder states its
-timing once, in its harness.
+Run it for a binder by subclassing ``BinderConformance`` (with no overrides) in a test module and
+providing a ``binder_harness`` fixture that yields the binder's ``BinderHarness``
+(docs/writing-a-binder.md). The same tests run unchanged on every binder; a binder states its
+timing once, as its harness's ``settle``.
 """
 
 from __future__ import annotations
@@ -78,8 +79,6 @@ class BinderConformance:
     async def env(self, binder_harness: BinderHarness) -> AsyncIterator[Fixture]:
         async with AsyncExitStack() as stack:
             yield Fixture(binder_harness, stack)
-
-    # -- groups --------------------------------------------------------------------------
 
     async def test_each_group_receives_every_message_once(self, env: Fixture) -> None:
         dest = env.harness.unique("orders")
@@ -165,8 +164,6 @@ class BinderConformance:
         await env.start(app)
         assert sorted(await got.wait_for(5, env.harness.timeout)) == list(range(5))
 
-    # -- partitions ----------------------------------------------------------------------
-
     async def test_partitioned_consumers_receive_exactly_their_keys_in_order(
         self, env: Fixture
     ) -> None:
@@ -223,8 +220,6 @@ class BinderConformance:
             assert received == expected, f"instance {index}"
             partitions = {p for _, _, p in got[index].items}
             assert partitions <= {index, None}
-
-    # -- errors --------------------------------------------------------------------------
 
     async def test_failing_message_is_retried_then_dead_lettered_with_headers(
         self, env: Fixture
@@ -363,8 +358,6 @@ class BinderConformance:
             await producer.send(dest, Item(key="same", seq=seq), key="same")
         assert await handled.wait_for(10, env.harness.timeout) == list(range(10))
 
-    # -- sending -------------------------------------------------------------------------
-
     async def test_send_reaches_any_destination_with_headers_and_key(self, env: Fixture) -> None:
         dest = env.harness.unique("anywhere")
         got: Collector[Message[Item]] = Collector()
@@ -438,8 +431,6 @@ class BinderConformance:
         await app.send(dest_b, b"\x00\xff")
         assert await texts.wait_for(1, env.harness.timeout) == [("héllo", "text/plain")]
         assert await blobs.wait_for(1, env.harness.timeout) == [b"\x00\xff"]
-
-    # -- lifecycle -----------------------------------------------------------------------
 
     async def test_stop_finishes_in_flight_work_and_nothing_is_redelivered(
         self, env: Fixture

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .broker_fixtures import broker_liveness, kafka_bootstrap, postgres_url, rabbit_url, unique
+from .broker_fixtures import kafka_bootstrap, postgres_url, rabbit_url, unique
 from .harness import BinderHarness, MemoryHarness
 
 __all__ = [
-    "broker_liveness",
     "kafka_bootstrap",
     "memory_harness",
     "postgres_url",

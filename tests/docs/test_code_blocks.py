@@ -145,3 +145,12 @@ async def test_the_readme_handler_sample_works_with_the_configuration_reference(
         invoice = await running.next("bill-out-0", module.Invoice)
     assert invoice.payload == module.Invoice(order_id=7, customer_id="c-7")
     assert invoice.destination == "invoices"
+
+
+def test_writing_a_binder_shows_the_tiny_binder_as_it_is_tested() -> None:
+    codes = [block.code for block in _blocks("docs/writing-a-binder.md")]
+    tiny = ROOT / "tests" / "docs" / "tiny"
+    assert codes == [
+        (tiny / "tiny_binder.py").read_text(encoding="utf-8"),
+        (tiny / "test_tiny_conformance.py").read_text(encoding="utf-8"),
+    ]

@@ -5,11 +5,6 @@ import pytest
 from streamlib.testing import BinderHarness
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(
     params=[
         pytest.param("kafka", marks=pytest.mark.kafka),

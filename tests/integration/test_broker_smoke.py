@@ -7,15 +7,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from support.launcher import Broker, broker_ctl, dead_broker_hint, launcher_runs, rabbitmqctl
 
-from streamlib.testing.brokers import (
-    Broker,
-    broker_ctl,
-    launcher_runs,
-    rabbitmqctl,
-    require_kafka,
-    require_rabbit,
-)
+from streamlib.testing.brokers import require_kafka, require_rabbit
 
 TIMEOUT = 30.0
 
@@ -181,7 +175,7 @@ def test_a_dead_broker_fails_the_next_test_at_once_naming_its_log(
     try:
         started = time.monotonic()
         with pytest.raises(pytest.fail.Exception) as failure:
-            require(address)
+            require(address, dead_broker_hint(broker, address))
         assert time.monotonic() - started < 10
         message = str(failure.value)
         assert "does not answer" in message and "Its log:" in message

@@ -19,11 +19,6 @@ import pytest
 from interop_support import Broker, Spring, build_spring_jar, kafka_broker, rabbit_broker
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="session")
 def spring_jar() -> Path:
     return build_spring_jar()

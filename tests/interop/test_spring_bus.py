@@ -26,10 +26,10 @@ import pytest
 import yaml
 from interop_support import Broker, JavaApp, Spring, WireTap, wait_until
 from pydantic import BaseModel
+from support.launcher import rabbitmqctl
 
 from streamlib import StreamApp
 from streamlib.bus import Bus
-from streamlib.testing.brokers import rabbitmqctl
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 

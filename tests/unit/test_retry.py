@@ -3,6 +3,7 @@ import pytest
 from streamlib.config import ConsumerProperties
 from streamlib.errors import ConnectionLostError, MessageConversionError
 from streamlib.retry import Failure, RetryPolicy
+from streamlib.saga import Backoff
 
 
 class NotFound(LookupError):
@@ -18,6 +19,14 @@ def test_back_off_grows_exponentially_up_to_the_maximum() -> None:
         **{"back-off-initial-interval": 1, "back-off-multiplier": 3, "back-off-max-interval": 5}
     )
     assert [p.backoff(n) for n in (1, 2, 3, 4)] == [1.0, 3.0, 5.0, 5.0]
+
+
+def test_saga_steps_back_off_on_the_consumers_schedule() -> None:
+    saga = Backoff(initial=1, multiplier=3, max=5)
+    p = policy(
+        **{"back-off-initial-interval": 1, "back-off-multiplier": 3, "back-off-max-interval": 5}
+    )
+    assert [saga.delay(n) for n in (1, 2, 3, 4)] == [p.backoff(n) for n in (1, 2, 3, 4)]
 
 
 def test_attempts_stop_at_max_attempts() -> None:

@@ -145,24 +145,3 @@ async def test_an_input_of_another_app_sharing_the_configuration_is_left_alone()
 
     async with app.run():
         pass
-
-
-def test_no_binder_key_is_taken_for_a_misspelt_common_key() -> None:
-    from streamlib_kafka.settings import KafkaConsumerExtension, KafkaProducerExtension
-    from streamlib_rabbit.settings import RabbitConsumerSettings, RabbitProducerSettings
-
-    from streamlib.config import StreamConfig, model_keys
-
-    models = (
-        KafkaConsumerExtension,
-        KafkaProducerExtension,
-        RabbitConsumerSettings,
-        RabbitProducerSettings,
-    )
-    consumer = {key: True for model in models[::2] for key in model_keys(model)}
-    producer = {key: True for model in models[1::2] for key in model_keys(model)}
-    config = StreamConfig.model_validate(
-        {"bindings": {"x": {"consumer": consumer, "producer": producer}}}
-    )
-    props = config.binding("x")
-    assert set(props.consumer.extension) == set(consumer)

@@ -7,9 +7,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from streamlib.binder import BaseBinder, BinderContext, ConsumerSpec, Dispatcher, ProducerSpec
-from streamlib.config import validate
-from streamlib.errors import ConfigError
+from streamlib.binder import (
+    BaseBinder,
+    BinderContext,
+    ConfigError,
+    ConsumerSpec,
+    Dispatcher,
+    ProducerSpec,
+    validate,
+)
 
 from . import naming
 from .consumer import KafkaBinding

@@ -25,10 +25,18 @@ from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untype
     RangePartitionAssignor,
 )
 
-from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
-from streamlib.errors import BindingError, StreamlibError
-from streamlib.messages import Envelope
-from streamlib.retry import Failure, RetryPolicy
+from streamlib.binder import (
+    ACK,
+    BaseBinding,
+    BindingError,
+    ConsumerSpec,
+    Dispatcher,
+    Envelope,
+    Failure,
+    Outcome,
+    RetryPolicy,
+    StreamlibError,
+)
 
 from . import naming
 from .attributes import RecordExtras
@@ -132,7 +140,7 @@ def envelope_of(record: Any) -> Envelope:
     )
 
 
-class KafkaBinding:
+class KafkaBinding(BaseBinding):
     """A bound consumer (the ``Binding`` of the SPI)."""
 
     def __init__(
@@ -146,7 +154,7 @@ class KafkaBinding:
         partition_count: int,
         transactional: Callable[[str], Any] | None = None,
     ) -> None:
-        self._spec = spec
+        super().__init__(spec)
         self._dispatch = dispatch
         self._ext = extension
         self._defaults = defaults
@@ -177,7 +185,7 @@ class KafkaBinding:
         self._new_transactional = transactional
 
     def _static_partitions(self, partition_count: int) -> list[int] | None:
-        spec = self._spec
+        spec = self.spec
         props = spec.properties
         if props.partitioned and props.instance_index_list:
             return sorted(props.instance_index_list)
@@ -185,12 +193,6 @@ class KafkaBinding:
             n, i = spec.instance_count, spec.instance_index
             return [p for p in range(partition_count) if p % n == i]
         return None
-
-    # -- Binding -------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._spec.binding_name
 
     @property
     def is_running(self) -> bool:
@@ -206,7 +208,7 @@ class KafkaBinding:
         if self._running:
             return
         ext = self._ext
-        offset_reset = ext.start_offset or ("earliest" if self._spec.group else "latest")
+        offset_reset = ext.start_offset or ("earliest" if self.spec.group else "latest")
         consumer = AIOKafkaConsumer(
             **self._client_kwargs,
             group_id=self._group_id,
@@ -324,11 +326,6 @@ class KafkaBinding:
         if self._consumer is not None:
             self._consumer.resume(*self._partitions)
 
-    async def unbind(self) -> None:
-        await self.stop()
-
-    # -- rebalancing ---------------------------------------------------------------------
-
     async def _assigned(self, assigned: Any) -> None:
         load = [0] * self._concurrency
         for state in self._partitions.values():
@@ -343,7 +340,7 @@ class KafkaBinding:
         if self._reset_pending and assigned:
             self._reset_pending = False
             if self._ext.start_offset == "latest" or (
-                self._ext.start_offset is None and not self._spec.group
+                self._ext.start_offset is None and not self.spec.group
             ):
                 await self._consumer.seek_to_end(*assigned)
             else:
@@ -404,8 +401,6 @@ class KafkaBinding:
         for state in states:
             self._rewound(state, await state.flush())
         await self._commit(states)
-
-    # -- the hot path --------------------------------------------------------------------
 
     async def _fetch(self) -> None:
         consumer = self._consumer
@@ -513,7 +508,7 @@ class KafkaBinding:
         dropped (logged) because there is no DLQ or its dead letter was refused."""
         failure = Failure(failed.error, failed.attempts)
         where = f"{self._topic} partition {record.partition} offset {record.offset}"
-        if not self._spec.properties.dlq or self._dlq_topic is None or failed.dead_letter:
+        if not self.spec.properties.dlq or self._dlq_topic is None or failed.dead_letter:
             log.error(
                 "binding %s: message %s failed after %d attempt(s) and is dropped (%s): %s",
                 self.name,
@@ -732,8 +727,6 @@ class KafkaBinding:
             self._consumer.seek(state.tp, rewind.to)
         return True
 
-    # -- committing ----------------------------------------------------------------------
-
     async def _commit_periodically(self) -> None:
         interval = self._defaults.commit_interval_ms / 1000
         while True:
@@ -757,8 +750,6 @@ class KafkaBinding:
         for state in states:
             if state.tp in offsets:
                 state.commit_succeeded(offsets[state.tp])
-
-    # -- health --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         """Running state, assigned partitions, lag (records not yet handled) per partition,

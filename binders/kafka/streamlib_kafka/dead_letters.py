@@ -12,8 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from streamlib.messages import X_EXCEPTION_FQCN, X_EXCEPTION_MESSAGE, X_EXCEPTION_STACKTRACE
-from streamlib.retry import Failure
+from streamlib.binder import X_EXCEPTION_FQCN, X_EXCEPTION_MESSAGE, X_EXCEPTION_STACKTRACE, Failure
 
 from .attributes import timestamp_type_name
 from .limits import Headers, record_size

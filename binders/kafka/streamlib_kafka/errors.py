@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka import errors as kafka  # type: ignore[import-untyped]
 
-from streamlib.errors import BrokerError, ConnectionLostError, PublishError, StreamlibError
+from streamlib.binder import BrokerError, ConnectionLostError, PublishError, StreamlibError
 
 KafkaError: type[Exception] = kafka.KafkaError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from streamlib.messages import CONTENT_TYPE, PARTITION
+from streamlib.binder import CONTENT_TYPE, PARTITION
 
 JSON_TYPES = "spring_json_header_types"
 STRING = "java.lang.String"

@@ -16,7 +16,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
-from streamlib.errors import PublishError
+from streamlib.binder import PublishError
 
 Headers = list[tuple[str, bytes]]
 

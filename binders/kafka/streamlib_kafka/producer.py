@@ -22,8 +22,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from streamlib.errors import PublishError
-from streamlib.messages import Envelope
+from streamlib.binder import Envelope, PublishError
 
 from .errors import PRODUCER_FATAL, KafkaError, describe, mapped, start_client, to_streamlib
 from .headers import encode_headers

@@ -24,8 +24,7 @@ from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
     ConfigResourceType,
 )
 
-from streamlib.binder import ConsumerSpec, ProducerSpec
-from streamlib.errors import BindingError
+from streamlib.binder import BindingError, ConsumerSpec, ProducerSpec
 
 from . import naming
 from .errors import describe, mapped, start_client

@@ -14,9 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from streamlib.binder import ConsumerSpec, ProducerSpec
-from streamlib.config import validate
-from streamlib.errors import ConfigError
+from streamlib.binder import ConfigError, ConsumerSpec, ProducerSpec, validate
 
 
 def _kebab(name: str) -> str:

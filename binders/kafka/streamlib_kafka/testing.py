@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
-from streamlib.messages import Envelope
+from streamlib.binder import Envelope
 from streamlib.testing.harness import BinderHarness
 
 from . import naming
@@ -95,7 +95,6 @@ class KafkaHarness(BinderHarness):
     """The Kafka binder on the broker of the ``kafka_bootstrap`` fixture."""
 
     name = "kafka"
-    timeout = 30.0
     settle = 1.0
 
     def __init__(self, bootstrap: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from aiormq.abc import DeliveredMessage
 
-from streamlib.messages import Attribute
+from streamlib.binder import Attribute
 
 
 class RabbitAttr:

@@ -18,9 +18,15 @@ from typing import Any, Literal
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from streamlib.binder import BaseBinder, BinderContext, ConsumerSpec, Dispatcher, ProducerSpec
-from streamlib.config import validate
-from streamlib.errors import BindingError
+from streamlib.binder import (
+    BaseBinder,
+    BinderContext,
+    BindingError,
+    ConsumerSpec,
+    Dispatcher,
+    ProducerSpec,
+    validate,
+)
 
 from . import timestamps
 from .consumer import QueueConsumer, RabbitBinding

@@ -24,10 +24,20 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
-from streamlib.binder import ACK, ConsumerSpec, Dispatcher, Outcome
-from streamlib.errors import ConnectionLostError, StreamlibError
-from streamlib.messages import CONTENT_TYPE, X_EXCEPTION_STACKTRACE, Envelope
-from streamlib.retry import Failure, RetryPolicy
+from streamlib.binder import (
+    ACK,
+    CONTENT_TYPE,
+    X_EXCEPTION_STACKTRACE,
+    BaseBinding,
+    ConnectionLostError,
+    ConsumerSpec,
+    Dispatcher,
+    Envelope,
+    Failure,
+    Outcome,
+    RetryPolicy,
+    StreamlibError,
+)
 
 from . import naming, timestamps
 from .acks import AckLedger, Action, Settle
@@ -465,17 +475,13 @@ class QueueConsumer:
         await self._ack(message)
 
 
-class RabbitBinding:
+class RabbitBinding(BaseBinding):
     """A bound consumer: one ``QueueConsumer`` per queue (several when partitioned)."""
 
     def __init__(self, spec: ConsumerSpec, consumers: list[QueueConsumer]) -> None:
-        self._spec = spec
+        super().__init__(spec)
         self._consumers = consumers
         self._started = False
-
-    @property
-    def name(self) -> str:
-        return self._spec.binding_name
 
     @property
     def queues(self) -> list[str]:

@@ -18,8 +18,13 @@ from aiormq import exceptions as amqp
 from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 
-from streamlib.config import redact_url
-from streamlib.errors import BrokerError, ConnectionLostError, PublishError, StreamlibError
+from streamlib.binder import (
+    BrokerError,
+    ConnectionLostError,
+    PublishError,
+    StreamlibError,
+    redact_url,
+)
 
 
 def _text(exc: BaseException) -> str:

@@ -29,9 +29,15 @@ from pamqp.commands import Basic
 from pamqp.frame import marshal as marshal_frame
 from pamqp.header import ContentHeader
 
-from streamlib.binder import DONE, ProducerSpec
-from streamlib.errors import ConnectionLostError, PublishError
-from streamlib.messages import CONTENT_TYPE, PARTITION, Envelope
+from streamlib.binder import (
+    CONTENT_TYPE,
+    DONE,
+    PARTITION,
+    ConnectionLostError,
+    Envelope,
+    ProducerSpec,
+    PublishError,
+)
 
 from . import naming
 from .errors import map_error

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from yarl import URL
 
-from streamlib.config import redact_url
+from streamlib.binder import redact_url
 
 
 def _kebab(name: str) -> str:

@@ -15,7 +15,7 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractConnection
 
-from streamlib.messages import CONTENT_TYPE, Envelope
+from streamlib.binder import CONTENT_TYPE, Envelope
 from streamlib.testing import BinderHarness
 
 from . import naming
@@ -34,7 +34,6 @@ class RabbitHarness(BinderHarness):
     """The rabbit binder against the broker at ``url``."""
 
     name = "rabbit"
-    timeout = 15.0
     settle = 0.3
 
     def __init__(self, url: str) -> None:

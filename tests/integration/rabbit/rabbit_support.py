@@ -6,11 +6,11 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from support.launcher import rabbitmqctl
 from yarl import URL
 
 from streamlib import StreamApp
 from streamlib.errors import BrokerError
-from streamlib.testing.brokers import rabbitmqctl
 
 
 def rabbit_app(

@@ -23,11 +23,11 @@ from pamqp.header import ContentHeader
 from pydantic import BaseModel
 from rabbit_support import queue_depth, rabbit_app
 from streamlib_rabbit.testing import RabbitHarness
+from support.launcher import rabbitmqctl
 from yarl import URL
 
 from streamlib import StreamApp
 from streamlib.testing import Collector
-from streamlib.testing.brokers import rabbitmqctl
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbit]
 

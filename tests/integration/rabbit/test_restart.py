@@ -9,9 +9,9 @@ import anyio
 import pytest
 from pydantic import BaseModel
 from rabbit_support import ConfirmTally, rabbit_app
+from support.launcher import broker_ctl
 
 from streamlib.testing import Collector
-from streamlib.testing.brokers import broker_ctl
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbit, pytest.mark.slow]
 

@@ -32,6 +32,7 @@ sys.path[:0] = [str(_ROOT / "tests"), str(_ROOT / "examples" / "saga"), str(Path
 
 from model import Order  # noqa: E402
 from saga_system import build_system  # noqa: E402
+from support import launcher  # noqa: E402
 from test_saga_crash_trial import OrdersProcess  # noqa: E402
 from worklog import read_counts  # noqa: E402
 
@@ -205,8 +206,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="keep the logs here (default: a temp dir)")
     args = parser.parse_args()
     env = brokers.KAFKA_ENV if args.broker == "kafka" else brokers.RABBIT_ENV
-    address = os.environ.get(env) or brokers._launcher_address(args.broker)
-    url = os.environ.get(brokers.POSTGRES_ENV) or brokers._launcher_address("postgres")
+    address = os.environ.get(env) or launcher.launcher_address(args.broker)
+    url = os.environ.get(brokers.POSTGRES_ENV) or launcher.launcher_address("postgres")
     if not address or not url:
         print(f"needs {args.broker} and PostgreSQL: python3 tools/brokers.py up", file=sys.stderr)
         return 2

@@ -1,22 +1,12 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-_ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(_ROOT / "tests"), str(_ROOT / "examples" / "saga")]
-
 _counter = itertools.count()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from streamlib_rabbit.settings import (
 )
 
 from streamlib import BinderContext, ConfigError, Envelope
-from streamlib.config import validate
+from streamlib.config import StreamConfig, model_keys, validate
 from streamlib.errors import ConnectionLostError
 
 CONTEXT = BinderContext("app", 0, 1, "rabbit")
@@ -125,3 +125,13 @@ def test_tls_context() -> None:
     assert (context.verify_mode, context.check_hostname) == (ssl.CERT_NONE, False)
     strict = ssl_context(binder_settings({"ssl": {"enabled": True}}))
     assert strict is not None and strict.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_no_rabbit_key_is_taken_for_a_misspelt_common_key() -> None:
+    consumer = {key: True for key in model_keys(RabbitConsumerSettings)}
+    producer = {key: True for key in model_keys(RabbitProducerSettings)}
+    config = StreamConfig.model_validate(
+        {"bindings": {"x": {"consumer": consumer, "producer": producer}}}
+    )
+    props = config.binding("x")
+    assert set(props.consumer.extension) == set(consumer)

@@ -11,6 +11,8 @@ import pytest
 from streamlib_kafka import KafkaBinder
 from streamlib_kafka.settings import (
     KafkaBinderSettings,
+    KafkaConsumerExtension,
+    KafkaProducerExtension,
     client_kwargs,
     consumer_extension,
     producer_kwargs,
@@ -24,7 +26,7 @@ from streamlib import (
     ConsumerSpec,
     StreamApp,
 )
-from streamlib.config import validate
+from streamlib.config import StreamConfig, model_keys, validate
 
 CONTEXT = BinderContext("app", 0, 1, "kafka")
 
@@ -176,3 +178,13 @@ def test_max_poll_interval_is_a_consumer_setting() -> None:
     assert (
         settings({"consumer": {"max-poll-interval-ms": 3000}}).consumer.max_poll_interval_ms == 3000
     )
+
+
+def test_no_kafka_key_is_taken_for_a_misspelt_common_key() -> None:
+    consumer = {key: True for key in model_keys(KafkaConsumerExtension)}
+    producer = {key: True for key in model_keys(KafkaProducerExtension)}
+    config = StreamConfig.model_validate(
+        {"bindings": {"x": {"consumer": consumer, "producer": producer}}}
+    )
+    props = config.binding("x")
+    assert set(props.consumer.extension) == set(consumer)
