@@ -256,7 +256,8 @@ async def test_streamlib_bus_cli_reaches_a_java_node(
     dest = unique("interop-bus")
     java, _ = java_bus_node(spring, dest, tmp_path, "hello")
     await java_listening(java, broker, dest)
-    assert greetings(java) == ["hello"]
+    # Java may log its first greeting just after it reports ready.
+    await wait_until(lambda: greetings(java) == ["hello"], "the Java node's first greeting")
     tap = WireTap(broker, dest)
     await tap.start()
     (tmp_path / "java.properties").write_text("interop.greeting=from-python\n")
