@@ -94,13 +94,35 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class _Rejected(Exception):
-    """A send of the record at ``offset`` failed inside a transaction."""
+    """A send of the record at ``offset`` failed inside a transaction; ``offsets`` lists
+    every record whose sends failed with it (more than one: the failure is shared)."""
 
-    def __init__(self, offset: int, dead_letter: bool, error: BaseException) -> None:
+    def __init__(
+        self,
+        offset: int,
+        dead_letter: bool,
+        error: BaseException,
+        offsets: list[int] | None = None,
+    ) -> None:
         super().__init__(str(error))
         self.offset = offset
         self.dead_letter = dead_letter
         self.error = error
+        self.offsets = offsets or [offset]
+
+
+async def _confirm_all(sent: list[tuple[int, Confirmation, bool]]) -> None:
+    """Await every confirmation of a transaction. The broker refuses a whole batch at once,
+    so when sends of several records failed, the ``_Rejected`` raised names them all."""
+    failed: list[tuple[int, bool, BaseException]] = []
+    for offset, confirmation, dead_letter in sent:
+        try:
+            await confirmation
+        except Exception as exc:
+            failed.append((offset, dead_letter, exc))
+    if failed:
+        offset, dead_letter, error = failed[0]
+        raise _Rejected(offset, dead_letter, error, sorted({o for o, _, _ in failed}))
 
 
 async def _attributed(offset: int, dead_letter: bool, send: Awaitable[_T]) -> _T:
@@ -576,6 +598,8 @@ class KafkaBinding(BaseBinding):
                 if self._paused or not state.accepts(generation):
                     break
                 record = records[index]
+                if index > start and state.isolating(record.offset):
+                    break
                 index += 1
                 failed = state.failure(record.offset)
                 if failed is not None:
@@ -598,8 +622,9 @@ class KafkaBinding(BaseBinding):
                         record.offset, True, self._dead_letter(record, outcome.failure, producer)
                     )
                     sent.append((record.offset, letter, True))
-            for offset, confirmation, dead_letter in sent:
-                await _attributed(offset, dead_letter, confirmation)
+                if state.isolating(record.offset):
+                    break
+            await _confirm_all(sent)
             if index > start:
                 offsets = {state.tp: records[index - 1].offset + 1}
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
@@ -607,7 +632,9 @@ class KafkaBinding(BaseBinding):
         except Exception as exc:
             for _, confirmation, _ in sent:
                 confirmation.future.add_done_callback(_retrieve)
-            if isinstance(exc, _Rejected):
+            if isinstance(exc, _Rejected) and len(exc.offsets) > 1:
+                rewind = state.failed_together(generation, exc.offsets, exc.error)
+            elif isinstance(exc, _Rejected):
                 rewind = state.failed(generation, exc.offset, exc.error, exc.dead_letter)
             else:
                 rewind = state.failed(generation, records[start].offset, exc)
@@ -663,6 +690,10 @@ class KafkaBinding(BaseBinding):
             self._rewound(state, state.failed(generation, record.offset, exc, dead_letter))
             return
         state.handled(generation, record.offset, confirmation, dead_letter)
+        if state.isolating(record.offset):
+            # Confirmed before the next record is handled, so a failure names this one.
+            self._rewound(state, await state.flush())
+            return
         # Checked after every record, so a rejected send stops the partition promptly.
         self._rewound(state, state.advance())
         if len(state.pending) > self._max_in_flight:
@@ -712,17 +743,30 @@ class KafkaBinding(BaseBinding):
             # Their errors no longer matter; retrieve them so asyncio does not report them.
             if isinstance(ack, Confirmation):
                 ack.future.add_done_callback(_retrieve)
-        log.error(
-            "binding %s: sending for %s partition %d offset %d failed (attempt %d); "
-            "redelivering from offset %s: %s",
-            self.name,
-            self._topic,
-            state.tp.partition,
-            rewind.failed,
-            rewind.failure.attempts,
-            rewind.to,
-            rewind.failure.error,
-        )
+        if rewind.shared_until is not None:
+            log.error(
+                "binding %s: sends for %s partition %d offsets %d to %d failed together; "
+                "redelivering from offset %s, one record at a time: %s",
+                self.name,
+                self._topic,
+                state.tp.partition,
+                rewind.failed,
+                rewind.shared_until,
+                rewind.to,
+                rewind.failure.error,
+            )
+        else:
+            log.error(
+                "binding %s: sending for %s partition %d offset %d failed (attempt %d); "
+                "redelivering from offset %s: %s",
+                self.name,
+                self._topic,
+                state.tp.partition,
+                rewind.failed,
+                rewind.failure.attempts,
+                rewind.to,
+                rewind.failure.error,
+            )
         if rewind.to is not None and not state.revoked and self._consumer is not None:
             self._consumer.seek(state.tp, rewind.to)
         return True

@@ -10,7 +10,11 @@ finished records, in offset order, and never decreases. Everything else follows 
   handled after the failed one, still in flight at the rewind, no longer move ``done``;
 - a confirmation that failed is never skipped: it rewinds, and the record is redelivered;
 - revoke and stop keep the generation, so the record being handled when they happen still
-  counts once it finishes.
+  counts once it finishes;
+- a send failure shared by several records (the broker refuses a whole batch, say one over
+  ``max.message.bytes``) is charged to none of them: the partition rewinds and handles the
+  records up to the last one that failed *isolated*, one at a time, each confirmed before the
+  next is handled, so the failure that follows names its record and counts its attempt.
 
 No broker client here: the consumer feeds records and confirmations in, and seeks to
 ``done`` whenever a method reports a rewind.
@@ -43,6 +47,9 @@ class Rewind:
     failed: int
     failure: SendFailure
     dropped: tuple[Acknowledgement, ...]
+    shared_until: int | None = None
+    """Set when the failure was shared by the records ``failed`` to ``shared_until``: no
+    attempt was counted, and they are redelivered isolated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +69,15 @@ class PartitionOffsets:
     ``committed`` is the offset last committed for the group (or found there at start).
     """
 
-    __slots__ = ("_failures", "committed", "done", "generation", "pending", "revoked")
+    __slots__ = (
+        "_failures",
+        "committed",
+        "done",
+        "generation",
+        "isolate_until",
+        "pending",
+        "revoked",
+    )
 
     def __init__(self) -> None:
         self.done = -1
@@ -71,6 +86,7 @@ class PartitionOffsets:
         self.revoked = False
         self.pending: deque[tuple[int, Acknowledgement | None, bool]] = deque()
         self._failures: dict[int, SendFailure] = {}
+        self.isolate_until = -1
 
     def fetched(self, offset: int) -> None:
         """The first record fetched after assignment fixes where the group starts."""
@@ -109,6 +125,22 @@ class PartitionOffsets:
             return None
         return self._rewind_for(offset, error, dead_letter)
 
+    def failed_together(
+        self, generation: int, offsets: list[int], error: BaseException
+    ) -> Rewind | None:
+        """Sends of several records of ``generation`` failed at once (a transaction's
+        outputs, say): a rewind charged to none of them when more than one failed."""
+        if len(offsets) == 1:
+            return self.failed(generation, offsets[0], error)
+        if generation != self.generation or max(offsets) < self.done:
+            return None
+        return self._shared_rewind(min(offsets), max(offsets), error)
+
+    def isolating(self, offset: int) -> bool:
+        """Whether the record at ``offset`` is to be handled alone: its sends confirmed
+        before the next record is handled, so a failure is charged to it alone."""
+        return offset <= self.isolate_until
+
     def failure(self, offset: int) -> SendFailure | None:
         """The failed sends of a redelivered record, if its earlier attempts failed so."""
         return self._failures.get(offset)
@@ -123,6 +155,13 @@ class PartitionOffsets:
                     return None
                 error = ack.error()
                 if error is not None:
+                    shared = [
+                        o
+                        for o, a, _ in pending
+                        if o > offset and a is not None and a.done() and a.error() is not None
+                    ]
+                    if shared:
+                        return self._shared_rewind(offset, shared[-1], error)
                     return self._rewind_for(offset, error, dead_letter)
             pending.popleft()
             self._finish(offset)
@@ -167,6 +206,13 @@ class PartitionOffsets:
         if self._failures:
             for old in [o for o in self._failures if o <= offset]:
                 del self._failures[old]
+
+    def _shared_rewind(self, first: int, last: int, error: BaseException) -> Rewind:
+        self.isolate_until = max(self.isolate_until, last)
+        previous = self._failures.get(first)
+        failure = SendFailure(previous.attempts if previous else 0, error, False)
+        dropped = tuple(ack for _, ack, _ in self.pending if ack is not None)
+        return Rewind(self.rewind(), first, failure, dropped, shared_until=last)
 
     def _rewind_for(self, offset: int, error: BaseException, dead_letter: bool) -> Rewind:
         previous = self._failures.get(offset)

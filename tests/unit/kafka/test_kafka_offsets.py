@@ -299,3 +299,41 @@ def test_a_failed_send_counts_an_attempt_of_its_record_until_it_finishes() -> No
     letter.ok = True
     assert tracker.advance() is None
     assert tracker.done == 11 and tracker.failure(10) is None
+
+
+def test_a_failure_shared_by_several_records_is_charged_to_none_and_isolates_them() -> None:
+    tracker = PartitionOffsets()
+    tracker.fetched(0)
+    acks = [FakeAck(0, offset) for offset in range(4)]
+    for offset, ack in enumerate(acks):
+        tracker.handled(0, offset, ack)
+    acks[0].ok = True
+    for ack in acks[1:3]:
+        ack.ok = False  # one batch refused whole
+    rewind = tracker.advance()
+    assert rewind is not None
+    assert (rewind.to, rewind.failed, rewind.shared_until) == (1, 1, 2)
+    assert tracker.failure(1) is None and tracker.failure(2) is None
+    assert [tracker.isolating(o) for o in range(4)] == [True, True, True, False]
+    # Alone, record 2's send fails again: that failure is its own.
+    tracker.handled(1, 1, None)
+    alone = FakeAck(0, 2)
+    tracker.handled(1, 2, alone)
+    alone.ok = False
+    rewind = tracker.advance()
+    assert rewind is not None and rewind.shared_until is None
+    failure = tracker.failure(2)
+    assert failure is not None and failure.attempts == 1
+    assert tracker.done == 2
+
+
+def test_a_transaction_failing_for_several_records_is_charged_to_none() -> None:
+    tracker = PartitionOffsets()
+    tracker.fetched(5)
+    rewind = tracker.failed_together(0, [5, 7], Rejected(5))
+    assert rewind is not None and (rewind.to, rewind.shared_until) == (5, 7)
+    assert tracker.failure(5) is None and tracker.isolating(7) and not tracker.isolating(8)
+    rewind = tracker.failed_together(1, [6], Rejected(6))
+    assert rewind is not None and rewind.shared_until is None
+    failure = tracker.failure(6)
+    assert failure is not None and failure.attempts == 1
