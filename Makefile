@@ -7,7 +7,7 @@ PACKAGES := streamlib binders/kafka/streamlib_kafka binders/rabbit/streamlib_rab
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-m 'not interop'"`.
 PYTEST_ARGS ?=
 
-.PHONY: install test-tools demo lint typecheck test test-unit brokers brokers-down bench chaos clean
+.PHONY: install test-tools demo lint typecheck test test-unit brokers brokers-down cluster cluster-down bench chaos clean
 
 $(STAMP): pyproject.toml binders/kafka/pyproject.toml binders/rabbit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ brokers:
 
 brokers-down:
 	$(PYTHON) tools/brokers.py down
+
+# Three-node Kafka and RabbitMQ clusters for the failover tests (tests/cluster start them on
+# their own when they are down, and stop them afterwards).
+cluster:
+	$(PYTHON) tools/cluster.py up
+
+cluster-down:
+	$(PYTHON) tools/cluster.py down
 
 bench: install
 	$(BIN)/pip install -q -r bench/requirements.txt

@@ -32,3 +32,8 @@ def broker_liveness(request: pytest.FixtureRequest) -> None:
     if "postgres_url" in names:
         url = request.getfixturevalue("postgres_url")
         brokers.require_postgres(url, launcher.dead_broker_hint("postgres", url))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Cluster tests run last: their six broker nodes then cost nothing to the rest of the run.
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)

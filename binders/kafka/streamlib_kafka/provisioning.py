@@ -153,11 +153,10 @@ class KafkaProvisioner:
 
     async def _create(self, admin: Any, topic: str, partitions: int) -> bool:
         """Create ``topic``; False when it already existed."""
-        new = NewTopic(
-            name=topic,
-            num_partitions=partitions,
-            replication_factor=self._settings.replication_factor,
-        )
+        new = NewTopic(name=topic, num_partitions=partitions, replication_factor=1)
+        # -1 asks the broker for its default.replication.factor (CreateTopics takes it since
+        # Kafka 2.4); aiokafka's NewTopic refuses it, so it is set after construction.
+        new.replication_factor = self._settings.replication_factor
         with mapped(f"creating topic {topic!r}"):
             response = await admin.create_topics([new])
         for name, code, *rest in response.topic_errors:

@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from streamlib.binder import ConfigError, ConsumerSpec, ProducerSpec, validate
 
@@ -99,10 +99,19 @@ class KafkaBinderSettings(_Model):
     security: SecuritySettings = SecuritySettings()
     producer: ProducerDefaults = ProducerDefaults()
     consumer: ConsumerDefaults = ConsumerDefaults()
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(-1, ge=-1)
+    """Of the topics the binder creates; -1 (as Spring's binder) takes the broker's
+    ``default.replication.factor``."""
     auto_create_topics: bool = True
     auto_add_partitions: bool = False
     min_partition_count: int = Field(1, ge=1)
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the broker's default.replication.factor) or at least 1")
+        return value
 
 
 class KafkaConsumerExtension(_Model):
