@@ -9,6 +9,7 @@ Standard library only, like brokers.py, whose download, spawn and health-check c
     python3 tools/cluster.py env                      print the variables the tests read
     python3 tools/cluster.py kill|stop|start kafka|rabbit N
                                                       SIGKILL / stop / start node N (1-3)
+    python3 tools/cluster.py rabbitmqctl N ARGS...    rabbitmqctl against RabbitMQ node N
 
 Kafka: three combined broker+controller KRaft nodes (node ids 1-3) with a static controller
 quorum, clients on 127.0.0.1:39192-39194, controllers on 39292-39294;
@@ -435,7 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(action, help=f"{action} one node (data kept)")
         p.add_argument("kind", choices=("kafka", "rabbit"))
         p.add_argument("node", type=int, choices=NODES)
+    ctl = sub.add_parser("rabbitmqctl", help="run rabbitmqctl against RabbitMQ node N")
+    ctl.add_argument("node", type=int, choices=NODES)
+    ctl.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.command == "rabbitmqctl":
+        cmd = [b.rabbit_ctl_bin(), "-n", rabbit_node(args.node), *args.args]
+        return subprocess.run(cmd, env=rabbit_env(args.node), check=False).returncode
     try:
         if args.command == "up":
             cmd_up(args.which)

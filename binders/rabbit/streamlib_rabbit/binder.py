@@ -15,7 +15,6 @@ import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from streamlib.binder import (
@@ -28,7 +27,7 @@ from streamlib.binder import (
     validate,
 )
 
-from . import timestamps
+from . import addresses, timestamps
 from .consumer import QueueConsumer, RabbitBinding
 from .errors import map_error
 from .producer import Publisher, RabbitProducer
@@ -93,8 +92,8 @@ class RabbitBinder(BaseBinder):
             s = self.settings
             name = s.connection_name or f"{self._context.app_name}#{self._context.instance_index}"
             try:
-                conn = await aio_pika.connect_robust(
-                    s.amqp_url(),
+                conn = await addresses.connect(
+                    s.amqp_urls(),
                     timeout=s.connection_timeout,
                     ssl_context=ssl_context(s),
                     client_properties={"connection_name": f"{name}:{role}"},

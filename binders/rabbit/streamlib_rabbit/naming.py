@@ -96,6 +96,13 @@ def queue_arguments(options: QueueSettings) -> dict[str, Any]:
         args["x-message-ttl"] = options.ttl
     if options.expires is not None:
         args["x-expires"] = options.expires
+    if options.delivery_limit is not None:
+        args["x-delivery-limit"] = options.delivery_limit
+    if options.dead_letter_strategy is not None:
+        args["x-dead-letter-strategy"] = options.dead_letter_strategy
+        if options.dead_letter_strategy == "at-least-once" and options.overflow is None:
+            # The broker keeps at-least-once dead-lettering only with reject-publish.
+            args["x-overflow"] = "reject-publish"
     return args
 
 
@@ -163,8 +170,13 @@ def dlq_arguments(options: QueueSettings) -> dict[str, Any]:
 def anonymous_queue_plan(destination: str, options: QueueSettings) -> QueuePlan:
     """An anonymous consumer's private queue (never quorum: those cannot be exclusive)."""
     args = queue_arguments(options)
-    args.pop("x-queue-type", None)
-    args.pop("x-single-active-consumer", None)
+    for quorum_only in (
+        "x-queue-type",
+        "x-single-active-consumer",
+        "x-delivery-limit",
+        "x-dead-letter-strategy",
+    ):
+        args.pop(quorum_only, None)
     return QueuePlan(
         name=anonymous_queue(destination),
         binding_key=ANY,

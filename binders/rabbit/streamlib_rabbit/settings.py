@@ -7,13 +7,17 @@ seconds for client-side timings (``heartbeat``, ``reconnect-interval``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from streamlib.binder import redact_url
+
+_HOST_PORT = re.compile(r"[A-Za-z0-9_.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+"""An entry of ``addresses`` that is not a URL: a host name or address, maybe a port."""
 
 
 def _kebab(name: str) -> str:
@@ -45,6 +49,11 @@ class RabbitBinderSettings(_Model):
     """
 
     url: SecretStr | None = None
+    addresses: list[str] | None = None
+    """Several brokers (cluster nodes), as Spring's ``spring.rabbitmq.addresses``: ``host:port``
+    entries (with ``username``, ``password``, ``virtual-host`` and ``ssl``) or ``amqp://`` URLs,
+    as a list or one comma-separated string. Tried in order at start-up; after a connection
+    drops, each reconnection attempt tries the next one."""
     host: str = "localhost"
     port: int = Field(5672, ge=1, le=65535)
     username: str = "guest"
@@ -72,26 +81,64 @@ class RabbitBinderSettings(_Model):
                 raise ValueError("must be amqp://host... or amqps://host...")
         return value
 
-    def amqp_url(self) -> URL:
-        """The broker URL, credentials included (never log it: use ``safe_url``)."""
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one broker")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_connect(self) -> RabbitBinderSettings:
+        if self.url is not None and self.addresses is not None:
+            raise ValueError("set url or addresses, not both")
+        for address in self.addresses or []:
+            if "://" in address:
+                url = URL(address)
+                if url.scheme not in ("amqp", "amqps") or not url.host:
+                    raise ValueError(f"addresses: {redact_url(address)!r} is not an amqp:// URL")
+            elif not _HOST_PORT.fullmatch(address):
+                raise ValueError(f"addresses: {address!r} is not host, host:port or a URL")
+        return self
+
+    def amqp_urls(self) -> list[URL]:
+        """Every broker URL, in the order they are tried (credentials included)."""
         if self.url is not None:
-            return URL(self.url.get_secret_value())
+            return [URL(self.url.get_secret_value())]
+        if not self.addresses:
+            return [self._url(self.host, self.port)]
+        urls = []
+        for address in self.addresses:
+            if "://" in address:
+                urls.append(URL(address))
+            else:
+                host, _, port = address.partition(":")
+                urls.append(self._url(host, int(port) if port else self.port))
+        return urls
+
+    def amqp_url(self) -> URL:
+        """The first broker URL, credentials included (never log it: use ``safe_url``)."""
+        return self.amqp_urls()[0]
+
+    def _url(self, host: str, port: int) -> URL:
         return URL.build(
             scheme="amqps" if self.ssl.enabled else "amqp",
-            host=self.host,
-            port=self.port,
+            host=host,
+            port=port,
             user=self.username,
             password=self.password.get_secret_value(),
             path="/" + self.virtual_host.lstrip("/"),
         )
 
     def safe_url(self) -> str:
-        """The broker URL without its password."""
-        return redact_url(str(self.amqp_url()))
+        """The broker URLs without their passwords."""
+        return ",".join(redact_url(str(url)) for url in self.amqp_urls())
 
     @property
     def uses_tls(self) -> bool:
-        return self.ssl.enabled or self.amqp_url().scheme == "amqps"
+        return self.ssl.enabled or any(url.scheme == "amqps" for url in self.amqp_urls())
 
 
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]
@@ -115,6 +162,12 @@ class QueueSettings(_Model):
     """Milliseconds a dead letter waits in the DLQ before it goes back to the queue."""
     quorum: bool = False
     """Declare quorum queues (``x-queue-type=quorum``) instead of classic ones."""
+    delivery_limit: int | None = Field(None, ge=0)
+    """Quorum queues: ``x-delivery-limit``, redeliveries before the broker dead-letters (or
+    drops) a message."""
+    dead_letter_strategy: Literal["at-most-once", "at-least-once"] | None = None
+    """Quorum queues: ``x-dead-letter-strategy``; ``at-least-once`` keeps a message until
+    its DLQ confirmed it (and sets ``overflow: reject-publish``, which it needs)."""
     single_active_consumer: bool = False
     max_length: int | None = Field(None, ge=0)
     max_length_bytes: int | None = Field(None, ge=0)
@@ -128,6 +181,20 @@ class QueueSettings(_Model):
     declare_exchange: bool = True
     exchange_type: Literal["topic", "direct", "fanout", "headers"] = "topic"
     exchange_durable: bool = True
+
+    @model_validator(mode="after")
+    def _quorum_options(self) -> QueueSettings:
+        for key, value in (
+            ("delivery-limit", self.delivery_limit),
+            ("dead-letter-strategy", self.dead_letter_strategy),
+        ):
+            if value is not None and not self.quorum:
+                raise ValueError(f"{key} applies to quorum queues only: set quorum: true")
+        if self.dead_letter_strategy == "at-least-once" and self.overflow == "drop-head":
+            raise ValueError(
+                "dead-letter-strategy at-least-once needs overflow reject-publish, not drop-head"
+            )
+        return self
 
 
 class RabbitConsumerSettings(QueueSettings):

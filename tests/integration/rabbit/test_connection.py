@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -9,6 +10,7 @@ from pydantic import BaseModel
 from rabbit_support import rabbit_app
 from yarl import URL
 
+from streamlib import StreamApp
 from streamlib.errors import BrokerError, ConnectionLostError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbit]
@@ -56,3 +58,44 @@ async def test_health_reports_each_connection(
     assert health["connections"] == {"consumer": "up", "producer": "up"}
     assert health["bindings"] == {"take-in-0": True}
     assert "guest:guest" not in health["broker"]
+
+
+async def test_addresses_are_tried_in_order_until_one_answers(
+    rabbit_url: str, unique: Callable[[str], str]
+) -> None:
+    dest = unique("addr")
+    config = {
+        "binders": {"rabbit": {"type": "rabbit", "addresses": ["127.0.0.1:1", rabbit_url]}},
+        "default-binder": "rabbit",
+        "bindings": {"take-in-0": {"destination": dest, "group": "g"}},
+    }
+    app = StreamApp("addresses", config=config)
+    got: list[int] = []
+
+    @app.sink
+    async def take(item: Item) -> None:
+        got.append(item.seq)
+
+    async with app.run():
+        await app.send(dest, Item(seq=1))
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+    assert got == [1]
+
+
+async def test_no_address_answering_names_them_all_without_secrets(
+    unique: Callable[[str], str],
+) -> None:
+    addresses = ["amqp://guest:s3cret@127.0.0.1:1/", "amqp://guest:s3cret@127.0.0.1:2/"]
+    config = {
+        "binders": {"rabbit": {"type": "rabbit", "addresses": addresses}},
+        "default-binder": "rabbit",
+    }
+    app = StreamApp("nobody", config=config)
+    with pytest.raises(ConnectionLostError) as info:
+        async with app.run():
+            await app.send(unique("x"), Item(seq=1))
+    assert "127.0.0.1:1" in str(info.value) and "127.0.0.1:2" in str(info.value)
+    assert "s3cret" not in str(info.value)

@@ -135,3 +135,65 @@ def test_no_rabbit_key_is_taken_for_a_misspelt_common_key() -> None:
     )
     props = config.binding("x")
     assert set(props.consumer.extension) == set(consumer)
+
+
+def test_addresses_name_several_brokers_in_order_with_the_shared_credentials() -> None:
+    s = binder_settings(
+        {"addresses": "n1:5673, n2, amqp://other:pw@n3:5674/vh", "password": "s3cret"}
+    )
+    urls = [str(url) for url in s.amqp_urls()]
+    assert urls == [
+        "amqp://guest:s3cret@n1:5673/",
+        "amqp://guest:s3cret@n2:5672/",
+        "amqp://other:pw@n3:5674/vh",
+    ]
+    assert "s3cret" not in s.safe_url() and "n3:5674" in s.safe_url()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"addresses": []}, "at least one broker"),
+        ({"addresses": ["n1", "bad host"]}, "'bad host' is not host"),
+        ({"addresses": ["http://n1"]}, "is not an amqp:// URL"),
+        ({"addresses": ["n1"], "url": "amqp://n2"}, "url or addresses, not both"),
+    ],
+)
+def test_bad_addresses_fail_naming_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match="binders.rabbit") as failure:
+        binder_settings(data)
+    assert message in str(failure.value)
+
+
+def test_quorum_options_become_queue_arguments() -> None:
+    options = validate(
+        RabbitConsumerSettings,
+        {"quorum": True, "delivery-limit": 5, "dead-letter-strategy": "at-least-once"},
+        "bindings.in.consumer",
+    )
+    args = naming.queue_arguments(options)
+    assert args == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 5,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"delivery-limit": 5}, "delivery-limit applies to quorum queues only"),
+        ({"dead-letter-strategy": "at-least-once"}, "dead-letter-strategy applies to quorum"),
+        (
+            {"quorum": True, "dead-letter-strategy": "at-least-once", "overflow": "drop-head"},
+            "needs overflow reject-publish",
+        ),
+    ],
+)
+def test_quorum_options_on_the_wrong_queue_fail_naming_the_key(
+    data: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match="bindings.in.consumer") as failure:
+        validate(RabbitConsumerSettings, data, "bindings.in.consumer")
+    assert message in str(failure.value)
