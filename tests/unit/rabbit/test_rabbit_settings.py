@@ -160,7 +160,7 @@ def test_addresses_name_several_brokers_in_order_with_the_shared_credentials() -
     ],
 )
 def test_bad_addresses_fail_naming_the_key(data: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match="binders.rabbit") as failure:
+    with pytest.raises(ConfigError, match=r"binders\.rabbit") as failure:
         binder_settings(data)
     assert message in str(failure.value)
 
@@ -194,6 +194,6 @@ def test_quorum_options_become_queue_arguments() -> None:
 def test_quorum_options_on_the_wrong_queue_fail_naming_the_key(
     data: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match="bindings.in.consumer") as failure:
+    with pytest.raises(ConfigError, match=r"bindings\.in\.consumer") as failure:
         validate(RabbitConsumerSettings, data, "bindings.in.consumer")
     assert message in str(failure.value)
