@@ -37,6 +37,27 @@ async def test_quorum_queue(rabbit_url: str, unique: Callable[[str], str]) -> No
     assert args == {"x-queue-type": "quorum"}
 
 
+async def test_quorum_delivery_limit_and_at_least_once_dead_lettering(
+    rabbit_url: str, unique: Callable[[str], str]
+) -> None:
+    consumer = {
+        "quorum": True,
+        "delivery-limit": 3,
+        "dead-letter-strategy": "at-least-once",
+        "dlq": True,
+    }
+    dest = unique("q")
+    args = await declared_arguments(rabbit_url, dest, consumer)
+    assert args == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 3,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-dead-letter-exchange": "DLX",
+        "x-dead-letter-routing-key": f"{dest}.g",
+    }
+
+
 async def test_single_active_consumer(rabbit_url: str, unique: Callable[[str], str]) -> None:
     args = await declared_arguments(rabbit_url, unique("q"), {"single-active-consumer": True})
     assert args == {"x-single-active-consumer": True}
