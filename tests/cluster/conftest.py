@@ -17,14 +17,19 @@ def _cluster_down_at_the_end() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def kafka_cluster() -> list[str]:
-    """Bootstrap servers of the three Kafka nodes."""
-    cluster.up("kafka")
-    return cluster.addresses()["STREAMLIB_CLUSTER_KAFKA"].split(",")
+def clusters() -> dict[str, str]:
+    """Both clusters, started together (their start-ups are mostly waiting)."""
+    cluster.up("all")
+    return cluster.addresses()
 
 
 @pytest.fixture(scope="session")
-def rabbit_cluster() -> list[str]:
+def kafka_cluster(clusters: dict[str, str]) -> list[str]:
+    """Bootstrap servers of the three Kafka nodes."""
+    return clusters["STREAMLIB_CLUSTER_KAFKA"].split(",")
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(clusters: dict[str, str]) -> list[str]:
     """AMQP URLs of the three RabbitMQ nodes."""
-    cluster.up("rabbit")
-    return cluster.addresses()["STREAMLIB_CLUSTER_RABBIT"].split(",")
+    return clusters["STREAMLIB_CLUSTER_RABBIT"].split(",")

@@ -24,10 +24,12 @@ def cluster(*args: str) -> str:
 
 
 def up(kind: str) -> None:
+    """Start the ``kind`` cluster (``kafka``, ``rabbit`` or ``all``) unless it runs."""
     status = subprocess.run(
         [sys.executable, str(TOOL), "status"], capture_output=True, text=True, check=False
     ).stdout
-    if any(line.startswith(f"{kind}-") and ": down" in line for line in status.splitlines()):
+    prefix = "" if kind == "all" else f"{kind}-"
+    if any(line.startswith(prefix) and ": down" in line for line in status.splitlines()):
         started.append(kind)
     cluster("up", kind)
 
