@@ -119,7 +119,8 @@ class RabbitBinder(BaseBinder):
         if confirms is None:
             confirms = self.settings.publisher_confirms
         channel = await self._channel("producer", confirms)
-        return Publisher(channel, confirms, self.settings.connection_timeout)
+        s = self.settings
+        return Publisher(channel, confirms, s.connection_timeout, s.max_in_flight)
 
     async def bind_consumer(self, spec: ConsumerSpec, dispatch: Dispatcher) -> RabbitBinding:
         """Declare the binding's queues (and DLQ) and, unless ``auto-startup`` is off,
