@@ -7,6 +7,7 @@ bytes, headers, key, and where it came from.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -111,7 +112,14 @@ class Message(Generic[T]):
 
     @property
     def offset(self) -> int | None:
-        """Kafka offset or RabbitMQ delivery tag of a received message."""
+        """Deprecated: it meant the Kafka offset or the RabbitMQ delivery tag. Read
+        ``msg.extra(KafkaAttr.offset)`` or ``msg.extra(RabbitAttr.delivery_tag)``."""
+        warnings.warn(
+            "Message.offset is deprecated: read msg.extra(KafkaAttr.offset) "
+            "(streamlib_kafka) or msg.extra(RabbitAttr.delivery_tag) (streamlib_rabbit)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self._envelope.offset if self._envelope else None
 
     @property

@@ -132,11 +132,13 @@ async def test_message_from_a_plain_amqp_client_is_received(
     assert msg.headers["contentType"] == "application/json"
     assert msg.headers["h"] == "v"
     assert msg.destination == dest
-    assert msg.offset is not None and msg.offset >= 1
+    tag = msg.extra(RabbitAttr.delivery_tag)
+    assert tag >= 1
+    with pytest.deprecated_call(match="RabbitAttr.delivery_tag"):
+        assert msg.offset == tag
     assert msg.extra(RabbitAttr.queue) == f"{dest}.g"
     assert msg.extra(RabbitAttr.exchange) == dest
     assert msg.extra(RabbitAttr.routing_key) == dest
-    assert msg.extra(RabbitAttr.delivery_tag) == msg.offset
     assert msg.extra(RabbitAttr.redelivered) is False
 
 
