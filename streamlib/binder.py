@@ -37,6 +37,7 @@ from .messages import (
     Attribute,
     Envelope,
 )
+from .models import SettingsModel, TlsSettings
 from .retry import Failure, RetryPolicy
 
 __all__ = [
@@ -71,7 +72,9 @@ __all__ = [
     "ProducerSpec",
     "PublishError",
     "RetryPolicy",
+    "SettingsModel",
     "StreamlibError",
+    "TlsSettings",
     "installed_binder_types",
     "load_binder_factory",
     "redact_url",

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .models import SettingsModel
 
 NEAR_MISS = 0.8
 """How alike (difflib ratio) an unknown name must be to a known one to be called a typo of it."""
@@ -52,9 +53,7 @@ def normalize_key(key: str) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = SettingsModel.model_config
 
 
 class ConsumerProperties(_Model):

@@ -45,7 +45,7 @@ from .errors import KafkaError, start_client
 from .headers import decode_headers
 from .offsets import PartitionOffsets, Rewind, SendFailure
 from .producer import Confirmation, ProducerClient
-from .settings import ConsumerDefaults, KafkaConsumerExtension
+from .settings import KafkaConsumerDefaults, KafkaConsumerSettings
 from .transactions import Transaction, current_transaction
 
 log = logging.getLogger("streamlib.kafka")
@@ -169,8 +169,8 @@ class KafkaBinding(BaseBinding):
         self,
         spec: ConsumerSpec,
         dispatch: Dispatcher,
-        extension: KafkaConsumerExtension,
-        defaults: ConsumerDefaults,
+        extension: KafkaConsumerSettings,
+        defaults: KafkaConsumerDefaults,
         client_kwargs: dict[str, Any],
         producer: ProducerClient,
         partition_count: int,

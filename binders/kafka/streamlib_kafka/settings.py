@@ -8,23 +8,19 @@ provisioning). Per-binding keys live beside the common ones under
 
 from __future__ import annotations
 
-import ssl
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from streamlib.binder import ConfigError, ConsumerSpec, ProducerSpec, validate
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
+from streamlib.binder import (
+    ConsumerSpec,
+    ProducerSpec,
+    TlsSettings,
+    validate,
+)
+from streamlib.binder import (
+    SettingsModel as _Model,
+)
 
 
 class SaslSettings(_Model):
@@ -35,16 +31,6 @@ class SaslSettings(_Model):
     password: SecretStr
 
 
-class TlsSettings(_Model):
-    """TLS (``security.tls``); without files the system's trusted CAs are used."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    key_password: SecretStr | None = None
-    check_hostname: bool = True
-
-
 class SecuritySettings(_Model):
     """How clients authenticate and encrypt; the protocol follows from what is set."""
 
@@ -53,12 +39,13 @@ class SecuritySettings(_Model):
 
     @property
     def protocol(self) -> str:
+        tls = self.tls is not None and self.tls.enabled
         if self.sasl is not None:
-            return "SASL_SSL" if self.tls is not None else "SASL_PLAINTEXT"
-        return "SSL" if self.tls is not None else "PLAINTEXT"
+            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        return "SSL" if tls else "PLAINTEXT"
 
 
-class ProducerDefaults(_Model):
+class KafkaProducerDefaults(_Model):
     """Settings of the binder's producer client (``producer.*``)."""
 
     acks: Literal["all", 0, 1] = "all"
@@ -73,13 +60,13 @@ class ProducerDefaults(_Model):
     """How long the broker keeps a transaction of a crashed instance open before aborting it."""
 
     @model_validator(mode="after")
-    def _idempotence_needs_acks_all(self) -> ProducerDefaults:
+    def _idempotence_needs_acks_all(self) -> KafkaProducerDefaults:
         if self.enable_idempotence and self.acks != "all":
             raise ValueError("enable-idempotence requires acks 'all'")
         return self
 
 
-class ConsumerDefaults(_Model):
+class KafkaConsumerDefaults(_Model):
     """Settings of the binder's consumer clients (``consumer.*``)."""
 
     session_timeout_ms: int = Field(10000, ge=1)
@@ -97,8 +84,8 @@ class KafkaBinderSettings(_Model):
     bootstrap_servers: str | list[str] = "localhost:9092"
     client_id: str | None = None
     security: SecuritySettings = SecuritySettings()
-    producer: ProducerDefaults = ProducerDefaults()
-    consumer: ConsumerDefaults = ConsumerDefaults()
+    producer: KafkaProducerDefaults = KafkaProducerDefaults()
+    consumer: KafkaConsumerDefaults = KafkaConsumerDefaults()
     replication_factor: int = Field(-1, ge=-1)
     """Of the topics the binder creates; -1 (as Spring's binder) takes the broker's
     ``default.replication.factor``."""
@@ -114,7 +101,7 @@ class KafkaBinderSettings(_Model):
         return value
 
 
-class KafkaConsumerExtension(_Model):
+class KafkaConsumerSettings(_Model):
     """Kafka keys of ``bindings.<binding>.consumer``."""
 
     start_offset: Literal["earliest", "latest"] | None = None
@@ -129,42 +116,26 @@ class KafkaConsumerExtension(_Model):
     """Consume, handle and produce the output in one Kafka transaction (exactly-once)."""
 
 
-class KafkaProducerExtension(_Model):
+class KafkaProducerSettings(_Model):
     """Kafka keys of ``bindings.<binding>.producer`` (none yet; unknown keys are errors)."""
 
 
-def consumer_extension(spec: ConsumerSpec) -> KafkaConsumerExtension:
+def consumer_extension(spec: ConsumerSpec) -> KafkaConsumerSettings:
     """The binding's Kafka consumer keys; ConfigError naming the key path when invalid."""
     return validate(
-        KafkaConsumerExtension,
+        KafkaConsumerSettings,
         spec.properties.extension,
         f"bindings.{spec.binding_name}.consumer",
     )
 
 
-def producer_extension(spec: ProducerSpec) -> KafkaProducerExtension:
+def producer_extension(spec: ProducerSpec) -> KafkaProducerSettings:
     """The binding's Kafka producer keys; ConfigError naming the key path when invalid."""
     return validate(
-        KafkaProducerExtension,
+        KafkaProducerSettings,
         spec.properties.extension,
         f"bindings.{spec.binding_name}.producer",
     )
-
-
-def _ssl_context(tls: TlsSettings, key: str) -> ssl.SSLContext:
-    from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
-
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            password=tls.key_password.get_secret_value() if tls.key_password else None,
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(key, f"cannot load TLS files: {exc.strerror or exc}") from None
-    context.check_hostname = tls.check_hostname
-    return context
 
 
 def client_kwargs(settings: KafkaBinderSettings, key: str) -> dict[str, Any]:
@@ -179,8 +150,8 @@ def client_kwargs(settings: KafkaBinderSettings, key: str) -> dict[str, Any]:
     }
     if settings.client_id:
         kwargs["client_id"] = settings.client_id
-    if security.tls is not None:
-        kwargs["ssl_context"] = _ssl_context(security.tls, f"{key}.security.tls")
+    if security.tls is not None and security.tls.enabled:
+        kwargs["ssl_context"] = security.tls.context(f"{key}.security.tls")
     if security.sasl is not None:
         kwargs["sasl_mechanism"] = security.sasl.mechanism
         kwargs["sasl_plain_username"] = security.sasl.username

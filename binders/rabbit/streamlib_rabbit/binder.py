@@ -24,6 +24,7 @@ from streamlib.binder import (
     ConsumerSpec,
     Dispatcher,
     ProducerSpec,
+    TlsSettings,
     validate,
 )
 
@@ -39,22 +40,13 @@ log = logging.getLogger("streamlib.rabbit")
 Role = Literal["consumer", "producer"]
 
 
-def ssl_context(settings: RabbitBinderSettings) -> ssl.SSLContext | None:
+def ssl_context(
+    settings: RabbitBinderSettings, key: str = "binders.rabbit"
+) -> ssl.SSLContext | None:
     """The TLS context of the connection, or None without TLS."""
     if not settings.uses_tls:
         return None
-    tls = settings.ssl
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.cert_file is not None:
-        context.load_cert_chain(
-            str(tls.cert_file),
-            str(tls.key_file) if tls.key_file else None,
-            tls.key_password.get_secret_value() if tls.key_password else None,
-        )
-    return context
+    return (settings.ssl or TlsSettings()).context(f"{key}.ssl")
 
 
 class RabbitBinder(BaseBinder):
@@ -95,7 +87,7 @@ class RabbitBinder(BaseBinder):
                 conn = await addresses.connect(
                     s.amqp_urls(),
                     timeout=s.connection_timeout,
-                    ssl_context=ssl_context(s),
+                    ssl_context=ssl_context(s, self._key),
                     client_properties={"connection_name": f"{name}:{role}"},
                     heartbeat=s.heartbeat,
                     reconnect_interval=s.reconnect_interval,

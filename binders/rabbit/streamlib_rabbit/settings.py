@@ -8,38 +8,16 @@ seconds for client-side timings (``heartbeat``, ``reconnect-interval``).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
-from streamlib.binder import redact_url
+from streamlib.binder import SettingsModel as _Model
+from streamlib.binder import TlsSettings, redact_url
 
 _HOST_PORT = re.compile(r"[A-Za-z0-9_.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 """An entry of ``addresses`` that is not a URL: a host name or address, maybe a port."""
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-class TlsSettings(_Model):
-    """``binders.<name>.ssl``: TLS towards the broker (also turned on by an ``amqps://`` URL)."""
-
-    enabled: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    key_password: SecretStr | None = None
-    verify: bool = True
-    """Check the broker's certificate and host name."""
 
 
 class RabbitBinderSettings(_Model):
@@ -59,7 +37,9 @@ class RabbitBinderSettings(_Model):
     username: str = "guest"
     password: SecretStr = SecretStr("guest")
     virtual_host: str = "/"
-    ssl: TlsSettings = TlsSettings()
+    ssl: TlsSettings | None = None
+    """TLS towards the broker (``enabled``, ``ca-file``, ``cert-file``, ``key-file``,
+    ``key-password``, ``verify``, ``check-hostname``); also on with an ``amqps://`` URL."""
     heartbeat: int = Field(60, ge=0)
     """Seconds between heartbeats; 0 turns them off."""
     connection_name: str | None = None
@@ -124,7 +104,7 @@ class RabbitBinderSettings(_Model):
 
     def _url(self, host: str, port: int) -> URL:
         return URL.build(
-            scheme="amqps" if self.ssl.enabled else "amqp",
+            scheme="amqps" if self.ssl is not None and self.ssl.enabled else "amqp",
             host=host,
             port=port,
             user=self.username,
@@ -138,7 +118,9 @@ class RabbitBinderSettings(_Model):
 
     @property
     def uses_tls(self) -> bool:
-        return self.ssl.enabled or any(url.scheme == "amqps" for url in self.amqp_urls())
+        if self.ssl is not None:
+            return self.ssl.enabled
+        return any(url.scheme == "amqps" for url in self.amqp_urls())
 
 
 Overflow = Literal["drop-head", "reject-publish", "reject-publish-dlx"]

@@ -11,8 +11,8 @@ import pytest
 from streamlib_kafka import KafkaBinder
 from streamlib_kafka.settings import (
     KafkaBinderSettings,
-    KafkaConsumerExtension,
-    KafkaProducerExtension,
+    KafkaConsumerSettings,
+    KafkaProducerSettings,
     client_kwargs,
     consumer_extension,
     producer_kwargs,
@@ -181,8 +181,8 @@ def test_max_poll_interval_is_a_consumer_setting() -> None:
 
 
 def test_no_kafka_key_is_taken_for_a_misspelt_common_key() -> None:
-    consumer = {key: True for key in model_keys(KafkaConsumerExtension)}
-    producer = {key: True for key in model_keys(KafkaProducerExtension)}
+    consumer = {key: True for key in model_keys(KafkaConsumerSettings)}
+    producer = {key: True for key in model_keys(KafkaProducerSettings)}
     config = StreamConfig.model_validate(
         {"bindings": {"x": {"consumer": consumer, "producer": producer}}}
     )
