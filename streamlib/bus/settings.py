@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
+from ..models import SettingsModel
 
 
 class BusSettings(BaseModel):
     """``bus.*`` keys; errors name ``bus.<key>``."""
 
-    model_config = ConfigDict(
-        alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = SettingsModel.model_config
 
     enabled: bool = True
     """Whether this node listens to the bus (a restart applies a change)."""
