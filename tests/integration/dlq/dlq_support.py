@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
+import logging
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -15,6 +18,7 @@ import orjson
 import yaml
 
 from streamlib import Message, StreamApp
+from streamlib.cli import main
 from streamlib.dlq.cli import Targets
 from streamlib.testing import BinderHarness
 
@@ -101,3 +105,22 @@ async def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def json_lines(out: str) -> list[Mapping[str, Any]]:
     return [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _inline(args: tuple[str, ...]) -> str:
+    root = logging.getLogger()
+    level = root.level
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(["dlq", *args])
+    finally:
+        root.setLevel(level)  # the command quiets logging
+    assert code == 0, f"streamlib dlq {' '.join(args)}: exit {code}: {out.getvalue()}"
+    return out.getvalue()
+
+
+async def run_inline(*args: str) -> str:
+    """``streamlib dlq ARGS`` in this process (a worker thread): its standard output. Cheaper
+    than a subprocess for checking the command's options."""
+    return await asyncio.to_thread(_inline, args)

@@ -21,6 +21,7 @@ from dlq_support import (
     dlq_size,
     json_lines,
     run,
+    run_inline,
     wait_dlq_size,
     write_config,
 )
@@ -56,7 +57,7 @@ async def test_poison_messages_are_listed_shown_and_replayed_to_their_destinatio
         assert row["count"] == 6
         assert row["exceptions"] == {"builtins.ValueError": 3, "builtins.LookupError": 3}
         assert row["oldest"] is not None and row["oldest"] <= row["newest"]
-        table = (await run("list", "--config", str(config), cwd=tmp_path)).stdout
+        table = await run_inline("list", "--config", str(config))
         assert " 6 " in table and "builtins.ValueError" in table, table
 
         shown = json_lines(
@@ -91,8 +92,8 @@ async def test_poison_messages_are_listed_shown_and_replayed_to_their_destinatio
         ).stdout
         assert "exception  builtins." in text and "1 message(s) shown" in text, text
 
-        dry = await run("replay", INPUT, "--config", str(config), "--dry-run", cwd=tmp_path)
-        assert "6 message(s) would be replayed" in dry.stdout
+        dry = await run_inline("replay", INPUT, "--config", str(config), "--dry-run")
+        assert "6 message(s) would be replayed" in dry, dry
         assert await dlq_size(config) == 6
 
         node.poison.clear()  # the bug is fixed
