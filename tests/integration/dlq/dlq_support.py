@@ -90,16 +90,24 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamlib", "dlq", *args]
 
 
-async def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``streamlib dlq ARGS`` in a subprocess; raises when it exits non-zero."""
+async def run(
+    *args: str, cwd: Path, stdin: str = "", code: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """``streamlib dlq ARGS`` in a subprocess, ``stdin`` its input; fails unless it exits
+    with ``code``."""
 
     def call() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            command(*args), cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
+            command(*args),
+            cwd=cwd,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
         )
 
     done = await asyncio.to_thread(call)
-    assert done.returncode == 0, f"streamlib dlq {' '.join(args)}: {done.stderr}{done.stdout}"
+    assert done.returncode == code, f"streamlib dlq {' '.join(args)}: {done.stderr}{done.stdout}"
     return done
 
 

@@ -156,3 +156,24 @@ async def test_a_replay_killed_mid_way_and_run_again_delivers_every_dead_letter(
         (await run("list", "--config", str(config), "--json", cwd=tmp_path)).stdout
     )
     assert after["count"] == 0
+
+
+async def test_purge_asks_first_then_drops_every_dead_letter(
+    broker_harness: BinderHarness, tmp_path: Path
+) -> None:
+    destination, group = broker_harness.unique("dlq-purge"), "billing"
+    config = write_config(broker_harness, tmp_path / "streamlib.yaml", destination, group)
+    node = PoisonApp(config)
+    node.poison = {0, 1, 2}
+    async with node.app.run():
+        for seq in range(3):
+            await node.app.send(OUTPUT, {"seq": seq})
+        await wait_dlq_size(config, 3, broker_harness.timeout)
+    refused = await run("purge", INPUT, "--config", str(config), cwd=tmp_path, stdin="n\n", code=1)
+    assert "drop 3 message(s)" in refused.stdout and "nothing was dropped" in refused.stdout
+    assert await dlq_size(config) == 3
+    done = await run("purge", INPUT, "--config", str(config), cwd=tmp_path, stdin="y\n")
+    assert "dropped 3 message(s)" in done.stdout, done.stdout
+    assert await dlq_size(config) == 0
+    again = await run_inline("purge", INPUT, "--config", str(config), "--yes")
+    assert "is empty" in again
