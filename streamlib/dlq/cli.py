@@ -22,6 +22,7 @@ import orjson
 
 from ..app import StreamApp
 from ..binder import ConsumerSpec
+from ..config import normalize_key
 from ..errors import StreamlibError
 from .letters import DeadLetter, DeadLetterQueues, SupportsDeadLetters
 from .progress import Progress
@@ -153,7 +154,7 @@ class Targets:
         if not props.group:
             if not explicit:
                 return None
-            if binding not in config.bindings:
+            if normalize_key(binding) not in {normalize_key(b) for b in config.bindings}:
                 raise StreamlibError(f"no binding {binding!r} in the configuration ({key})")
             raise StreamlibError(f"{key}.group is not set: only a consumer group has a DLQ")
         name, type_name, _, _ = self._app._binder_for(binding, props)

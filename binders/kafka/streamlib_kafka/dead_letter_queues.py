@@ -9,6 +9,7 @@ commits the end offsets. The topic's records stay until its retention drops them
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Generator, Sequence
@@ -20,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from streamlib.binder import (
     REPLAY_COUNT,
+    ConnectionLostError,
     ConsumerSpec,
     DeadLetter,
     is_dead_letter_header,
@@ -33,6 +35,8 @@ from .headers import JSON_TYPES, decode_headers
 REPLAY_GROUP = "streamlib-dlq-replay"
 """Consumer group whose committed offsets mark what has left each DLQ topic."""
 FETCH_TIMEOUT_MS = 500
+STALL_TIMEOUT = 30.0
+"""Seconds a read waits for the next record of a partition short of its end offset."""
 
 _BINARY_INTS = {
     "x-original-partition": ">i",
@@ -179,11 +183,20 @@ class DlqReader:
                 continue
             with mapped(f"read {self.topic!r}"):
                 consumer.seek(tp, start)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STALL_TIMEOUT
             while True:
                 with mapped(f"read {self.topic!r}"):
                     if await consumer.position(tp) >= end:
                         break
                     batches = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS)
+                if batches.get(tp):
+                    deadline = loop.time() + STALL_TIMEOUT
+                elif loop.time() > deadline:
+                    raise ConnectionLostError(
+                        f"read {self.topic!r} partition {tp.partition}: no record within "
+                        f"{STALL_TIMEOUT:g}s though the partition's end offset is {end}"
+                    )
                 for record in batches.get(tp, ()):
                     if record.offset >= end:
                         break
