@@ -14,6 +14,7 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -240,12 +241,13 @@ def _list(args: argparse.Namespace) -> int:
         for target in (t for t in found if t is not None):
             count, oldest, newest = 0, None, None
             kinds: Counter[str] = Counter()
-            async for letter in target.queues.browse(target.dlq):
-                count += 1
-                kinds[letter.exception or "(none)"] += 1
-                if letter.timestamp is not None:
-                    oldest = min(oldest or letter.timestamp, letter.timestamp)
-                    newest = max(newest or letter.timestamp, letter.timestamp)
+            async with aclosing(target.queues.browse(target.dlq)) as letters:
+                async for letter in letters:
+                    count += 1
+                    kinds[letter.exception or "(none)"] += 1
+                    if letter.timestamp is not None:
+                        oldest = min(oldest or letter.timestamp, letter.timestamp)
+                        newest = max(newest or letter.timestamp, letter.timestamp)
             rows.append((target, count, oldest, newest, kinds))
         if args.json:
             for target, count, oldest, newest, kinds in rows:
@@ -272,7 +274,7 @@ def _list(args: argparse.Namespace) -> int:
                 f"{_time(oldest):<23}  {_time(newest)}"
             )
             for kind, n in kinds.most_common():
-                print(f"{'':<{width}}  {n:>8}  {kind}")
+                print(f"{'':<{width}}  {n:>6} x {kind}")
         return 0
 
     return _run(args, work)
@@ -390,16 +392,17 @@ def _show(args: argparse.Namespace) -> int:
         target = targets.resolve(args.binding)
         assert target is not None
         shown = 0
-        async for letter in target.queues.browse(target.dlq):
-            if args.limit is not None and shown >= args.limit:
-                break
-            if not matches(letter):
-                continue
-            shown += 1
-            if args.json:
-                _emit(_describe(letter, args))
-            else:
-                _print_letter(letter, args)
+        async with aclosing(target.queues.browse(target.dlq)) as letters:
+            async for letter in letters:
+                if args.limit is not None and shown >= args.limit:
+                    break
+                if not matches(letter):
+                    continue
+                shown += 1
+                if args.json:
+                    _emit(_describe(letter, args))
+                else:
+                    _print_letter(letter, args)
         if not args.json:
             print(f"{shown} message(s) shown from {target.dlq}")
         return 0
@@ -444,15 +447,17 @@ def _replay(args: argparse.Namespace) -> int:
 
 async def _dry_run(target: Target, args: argparse.Namespace) -> int:
     count = 0
-    async for letter in target.queues.browse(target.dlq):
-        if args.limit is not None and count >= args.limit:
-            break
-        count += 1
-        to = args.to or letter.original
-        if args.json:
-            _emit({"position": letter.position, "to": to, "replay_count": letter.replay_count + 1})
-        else:
-            print(f"would replay {letter.position} to {to or '(unknown: use --to)'}")
+    async with aclosing(target.queues.browse(target.dlq)) as letters:
+        async for letter in letters:
+            if args.limit is not None and count >= args.limit:
+                break
+            count += 1
+            to = args.to or letter.original
+            if args.json:
+                replays = letter.replay_count + 1
+                _emit({"position": letter.position, "to": to, "replay_count": replays})
+            else:
+                print(f"would replay {letter.position} to {to or '(unknown: use --to)'}")
     if not args.json:
         print(f"{count} message(s) would be replayed from {target.dlq}; nothing was changed")
     return 0

@@ -75,10 +75,8 @@ async def test_poison_messages_are_listed_shown_and_replayed_to_their_destinatio
             assert "x-exception-stacktrace" not in letter["headers"]
 
         async def seqs(*filters: str) -> list[int]:
-            out = await run(
-                "show", INPUT, "--config", str(config), "--json", *filters, cwd=tmp_path
-            )
-            return sorted(orjson.loads(s["payload"])["seq"] for s in json_lines(out.stdout))
+            out = await run_inline("show", INPUT, "--config", str(config), "--json", *filters)
+            return sorted(orjson.loads(s["payload"])["seq"] for s in json_lines(out))
 
         assert await seqs("--exception", "ValueError") == [0, 2, 4]
         assert await seqs("--exception", "builtins.LookupError") == [1, 3, 5]
@@ -87,9 +85,7 @@ async def test_poison_messages_are_listed_shown_and_replayed_to_their_destinatio
         later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         assert await seqs("--since", later) == []
         assert await seqs("--until", later) == list(range(6))
-        text = (
-            await run("show", INPUT, "--config", str(config), "--limit", "1", cwd=tmp_path)
-        ).stdout
+        text = await run_inline("show", INPUT, "--config", str(config), "--limit", "1")
         assert "exception  builtins." in text and "1 message(s) shown" in text, text
 
         dry = await run_inline("replay", INPUT, "--config", str(config), "--dry-run")
