@@ -98,7 +98,8 @@ def add_commands(commands: Any) -> None:
         type=int,
         default=100,
         metavar="N",
-        help="copies awaiting confirmation at most (100): what a killed replay may send twice",
+        help="copies awaiting confirmation at most (100; 1 with --rate): what a killed replay "
+        "may send twice",
     )
     replaying.add_argument(
         "--dry-run", action="store_true", help="print what would be sent where; change nothing"

@@ -3,8 +3,8 @@
 Up to ``window`` copies are unconfirmed at a time; the loop waits for their confirmations in
 the order they were sent and removes the confirmed prefix from the DLQ. Killed at any point,
 a replay has lost nothing, and the next one sends again at most the unconfirmed window.
-When the rate limit makes the loop wait, it first settles what is in flight, so a slow
-replay removes each message before it sends the next.
+With a rate limit, each copy is confirmed and its message removed before the next is sent
+(a window of one).
 """
 
 from __future__ import annotations
@@ -81,10 +81,9 @@ async def replay(
                     f"{letter.dlq} {letter.position} names no original destination (no "
                     "x-original-* header); give one with --to"
                 )
-            wait = pacing.delay()
-            if wait > 0:
+            if rate:
                 await settle()
-                await asyncio.sleep(wait)
+                await asyncio.sleep(pacing.delay())
             pending.append((letter, await session.forward(letter, destination)))
             if len(pending) >= window:
                 await settle()
