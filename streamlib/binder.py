@@ -6,6 +6,9 @@ act on its ``Outcome``: acknowledge, wait for pending output first, or dead-lett
 ``Failure``. Binders are registered under the entry-point group ``streamlib.binders`` by type
 name and loaded lazily.
 
+A binder may also serve the ``streamlib dlq`` commands: a ``dead_letters()`` method returning
+``DeadLetterQueues`` (see ``streamlib.dlq.letters``).
+
 Everything a binder needs from the core is importable from this module (see ``__all__`` and
 docs/writing-a-binder.md); a binder imports nothing else from streamlib.
 """
@@ -19,6 +22,14 @@ from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
 from .config import ConsumerProperties, ProducerProperties, redact_url, validate
+from .dlq.letters import (
+    REPLAY_COUNT,
+    DeadLetter,
+    DeadLetterQueues,
+    ReplaySession,
+    is_dead_letter_header,
+    next_replay_count,
+)
 from .errors import (
     BinderNotFoundError,
     BindingError,
@@ -46,6 +57,7 @@ __all__ = [
     "DONE",
     "ENTRY_POINT_GROUP",
     "PARTITION",
+    "REPLAY_COUNT",
     "X_EXCEPTION_FQCN",
     "X_EXCEPTION_MESSAGE",
     "X_EXCEPTION_STACKTRACE",
@@ -63,6 +75,8 @@ __all__ = [
     "ConnectionLostError",
     "ConsumerProperties",
     "ConsumerSpec",
+    "DeadLetter",
+    "DeadLetterQueues",
     "Dispatcher",
     "Envelope",
     "Failure",
@@ -71,12 +85,15 @@ __all__ = [
     "ProducerProperties",
     "ProducerSpec",
     "PublishError",
+    "ReplaySession",
     "RetryPolicy",
     "SettingsModel",
     "StreamlibError",
     "TlsSettings",
     "installed_binder_types",
+    "is_dead_letter_header",
     "load_binder_factory",
+    "next_replay_count",
     "redact_url",
     "register_binder",
     "validate",

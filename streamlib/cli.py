@@ -275,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
             "--api-version", default="1.0.0", help="info.version of the document (1.0.0)"
         )
         sub.set_defaults(func=_docs)
-    for name in ("streamlib.bus.cli", "streamlib.saga.cli"):
+    for name in ("streamlib.bus.cli", "streamlib.dlq.cli", "streamlib.saga.cli"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

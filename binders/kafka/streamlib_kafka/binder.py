@@ -19,6 +19,7 @@ from streamlib.binder import (
 
 from . import naming
 from .consumer import KafkaBinding
+from .dead_letter_queues import KafkaDeadLetterQueues
 from .limits import RecordLimits
 from .producer import KafkaProducer, ProducerClient
 from .provisioning import KafkaProvisioner
@@ -103,6 +104,10 @@ class KafkaBinder(BaseBinder):
         await self.provisioner.provision_producer(spec)
         await self._producer.get()
         return KafkaProducer(self._producer, naming.topic(spec.destination))
+
+    def dead_letters(self) -> KafkaDeadLetterQueues:
+        """The DLQ topics of this binder's settings, for the ``streamlib dlq`` commands."""
+        return KafkaDeadLetterQueues(self._client_kwargs, producer_kwargs(self.settings))
 
     def _reachable(self) -> bool:
         clients = [getattr(self._producer.started, "client", None)]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import struct
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -16,29 +14,7 @@ from streamlib.binder import Envelope
 from streamlib.testing.harness import BinderHarness
 
 from . import naming
-from .headers import decode_headers
-
-_BINARY_INTS = {
-    "x-original-partition": ">i",
-    "x-original-offset": ">q",
-    "x-original-timestamp": ">q",
-}
-
-
-def readable_headers(raw: Any) -> dict[str, Any]:
-    """Record headers as a test reads them: Spring-typed values decoded, other textual
-    values as ``str``, the binary ``x-original-*`` numbers as ``int``."""
-    out = decode_headers(raw)
-    for name, value in out.items():
-        if not isinstance(value, bytes):
-            continue
-        fmt = _BINARY_INTS.get(name)
-        if fmt is not None and len(value) == struct.calcsize(fmt):
-            out[name] = struct.unpack(fmt, value)[0]
-            continue
-        with contextlib.suppress(UnicodeDecodeError):
-            out[name] = value.decode("utf-8")
-    return out
+from .dead_letter_queues import readable_headers
 
 
 async def partition_count(bootstrap: str, topic: str) -> int:

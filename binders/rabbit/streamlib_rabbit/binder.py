@@ -30,6 +30,7 @@ from streamlib.binder import (
 
 from . import addresses, timestamps
 from .consumer import QueueConsumer, RabbitBinding
+from .dead_letter_queues import RabbitDeadLetterQueues
 from .errors import map_error
 from .producer import Publisher, RabbitProducer
 from .provisioning import RabbitProvisioner, consumer_queues
@@ -156,6 +157,14 @@ class RabbitBinder(BaseBinder):
             await publisher.channel.close()
             raise
         return RabbitProducer(spec, settings, publisher)
+
+    def dead_letters(self) -> RabbitDeadLetterQueues:
+        """The DLQs of this binder's broker, for the ``streamlib dlq`` commands."""
+
+        async def consumer_connection() -> AbstractRobustConnection:
+            return await self.connection("consumer")
+
+        return RabbitDeadLetterQueues(consumer_connection, lambda: self._publisher(confirms=True))
 
     def health(self) -> Mapping[str, Any]:
         connections = {
