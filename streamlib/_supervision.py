@@ -30,6 +30,13 @@ class ManagedBinding:
         self._binding = binding
         self._wanted = started
         self._paused = False
+        self.auto_startup = started
+
+    @property
+    def is_ready(self) -> bool:
+        """Running and, where the broker hands out the work (Kafka's group assignment), given
+        its share: a binding may say so with an ``is_ready`` property of its own."""
+        return self._binding.is_running and bool(getattr(self._binding, "is_ready", True))
 
     @property
     def name(self) -> str:
