@@ -251,9 +251,21 @@ class StreamApp:
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, what it waits for): ready once started, with every auto-started consumer
         binding running and, on Kafka, assigned its partitions (or given them statically)."""
-        if not self._started:
+        if not self._running:
             return False, ["start"]
-        waiting = [name for name, b in self._bindings.items() if b.auto_startup and not b.is_ready]
+        waiting = []
+        for handler in self._handlers.values():
+            name = handler.input_binding
+            if name is None:
+                continue
+            binding = self._bindings.get(name)
+            if binding is None:
+                if self.config.binding(name).consumer.auto_startup:
+                    waiting.append(name)  # being bound (on Kafka: waiting for its partitions)
+            elif binding.auto_startup and not binding.is_ready:
+                waiting.append(name)
+        if not self._started and not waiting:
+            waiting.append("start")
         return not waiting, waiting
 
     def describe_bindings(self) -> list[dict[str, Any]]:
