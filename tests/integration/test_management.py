@@ -1,5 +1,5 @@
 """The management endpoint of an app on a real broker: its metrics count what happened, and
-PAUSED / RESUMED hold and restart delivery."""
+PAUSED / RESUMED hold and restart delivery, STOPPED / STARTED leave and join again."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def _app(harness: BinderHarness, destination: str, group: str, **consumer: Any) 
                     "destination": destination,
                     "group": group,
                     "consumer": {"back-off-initial-interval": 0.01, **consumer},
-                }
+                },
+                "work-out-0": {"destination": f"{destination}.out"},
             },
         },
     )
@@ -75,11 +76,12 @@ async def test_metrics_count_what_was_sent_handled_failed_and_dead_lettered(
     app = _app(broker_harness, destination, group, **{"max-attempts": MAX_ATTEMPTS, "dlq": True})
     handled: Collector[int] = Collector()
 
-    @app.sink
-    async def work(payload: dict[str, int]) -> None:
+    @app.processor
+    async def work(payload: dict[str, int]) -> dict[str, int]:
         if payload["i"] % FAIL_EVERY == 0:
             raise ValueError(f"refused {payload['i']}")
         handled.add(payload["i"])
+        return payload
 
     failing = MESSAGES // FAIL_EVERY
     binding = "binding=work-in-0"
@@ -104,6 +106,9 @@ async def test_metrics_count_what_was_sent_handled_failed_and_dead_lettered(
     assert len(letters) == failing
     assert samples[("streamlib_messages_sent_total", f"destination={destination}")] == MESSAGES
     assert samples[("streamlib_send_failures_total", f"destination={destination}")] == 0
+    output = f"destination={destination}.out"
+    assert samples[("streamlib_messages_sent_total", output)] == MESSAGES - failing
+    assert samples[("streamlib_send_failures_total", output)] == 0
     assert samples[("streamlib_messages_received_total", binding)] == MESSAGES
     assert samples[("streamlib_messages_handled_total", binding)] == MESSAGES - failing
     assert samples[("streamlib_messages_failed_total", binding)] == failing
