@@ -51,12 +51,13 @@ def _partitioning(props: BindingProperties, consumer: bool, instance: tuple[int,
 def log_banner(
     app_name: str,
     source: Mapping[str, Any] | str | Path | None,
-    bindings: Mapping[str, tuple[BindingProperties, bool]],
+    bindings: Mapping[str, tuple[BindingProperties, str]],
     binder_of: BinderOf,
     instance: tuple[int, int],
 ) -> None:
-    """Log the banner at INFO; ``bindings`` maps each name to (settings, is a consumer),
-    ``instance`` is the app's (instance-index, instance-count)."""
+    """Log the banner at INFO; ``bindings`` maps each name to (settings, role), the role being
+    ``consumer``, ``producer`` (a handler's output) or ``configured`` (bound on first send),
+    and ``instance`` is the app's (instance-index, instance-count)."""
     log.info("%s: %s", app_name, config_origin(source))
     binders: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, (props, _) in bindings.items():
@@ -66,10 +67,10 @@ def log_banner(
         address = {k: v for k, v in redact(settings).items() if k in ADDRESS_KEYS}
         where = " ".join(f"{k}={v}" for k, v in address.items()) or "no address set"
         log.info("binder %s (type %s): %s", binder, type_name, where, extra={"binder": binder})
-    for name, (props, consumer) in bindings.items():
+    for name, (props, role) in bindings.items():
         binder = binder_of(name, props)[0]
         destination = props.destination or name
-        if consumer:
+        if role == "consumer":
             log.info(
                 "binding %s: consumes %s, group %s, %s, concurrency %d, binder %s",
                 name,
@@ -82,8 +83,9 @@ def log_banner(
             )
         else:
             log.info(
-                "binding %s: produces to %s, %s, binder %s",
+                "binding %s: %s %s, %s, binder %s",
                 name,
+                "produces to" if role == "producer" else "configured for sends to",
                 destination,
                 _partitioning(props, False, instance),
                 binder,

@@ -504,11 +504,12 @@ class StreamApp:
         self._running = True
         try:
             cfg = self.config
-            consumers = {h.input_binding for h in self._handlers.values() if h.input_binding}
+            roles = {h.output_binding: "producer" for h in self._handlers.values()}
+            roles.update({h.input_binding: "consumer" for h in self._handlers.values()})
             log_banner(
                 cfg.name,
                 self._config_source,
-                {name: (p, name in consumers) for name, p in props.items()},
+                {name: (p, roles.get(name, "configured")) for name, p in props.items()},
                 self._binder_for,
                 (cfg.instance_index, cfg.instance_count),
             )
