@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from ._metrics import NO_BINDING_METRICS, BindingMetrics
+from ._metrics import BindingMetrics
 from .binder import ACK, Outcome
 from .converters import PayloadDecoder
 from .messages import Envelope, Message
@@ -36,7 +36,7 @@ class HandlerDispatcher:
         policy: RetryPolicy,
         dlq: bool,
         emit: Emit | None,
-        metrics: BindingMetrics = NO_BINDING_METRICS,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         self.binding = binding
         self.policy = policy
@@ -45,7 +45,7 @@ class HandlerDispatcher:
         self._wants_message = wants_message
         self._dlq = dlq
         self._emit = emit
-        self._metrics = metrics
+        self._metrics = metrics if metrics is not None else BindingMetrics()
 
     async def __call__(self, envelope: Envelope) -> Outcome:
         attempt = 0
@@ -60,12 +60,12 @@ class HandlerDispatcher:
                 )
                 result = await self._handler(arg)
                 pending = None if result is None or self._emit is None else await self._emit(result)
-                self._metrics.handled.inc()
+                self._metrics.handled += 1
                 return ACK if pending is None else Outcome(pending=pending)
             except Exception as exc:
                 if self.policy.should_retry(exc, attempt):
                     delay = self.policy.backoff(attempt)
-                    self._metrics.retried.inc()
+                    self._metrics.retried += 1
                     log.info(
                         "binding %s: attempt %d failed (%s: %s); retrying in %.3gs",
                         self.binding,
@@ -82,9 +82,9 @@ class HandlerDispatcher:
         return self._give_up(where, Failure(exc, 1))
 
     def _give_up(self, where: str, failure: Failure) -> Outcome:
-        self._metrics.failed.inc()
+        self._metrics.failed += 1
         if self._dlq:
-            self._metrics.dead_lettered.inc()
+            self._metrics.dead_lettered += 1
             log.warning(
                 "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",
                 self.binding,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel
 
-from ._metrics import NO_DESTINATION_METRICS, DestinationMetrics
+from ._metrics import DestinationMetrics
 from .binder import Producer
 from .config import BindingProperties, did_you_mean
 from .converters import encode
@@ -112,7 +112,7 @@ class Output:
         name: str,
         props: BindingProperties,
         producer: Producer,
-        metrics: DestinationMetrics = NO_DESTINATION_METRICS,
+        metrics: DestinationMetrics | None = None,
     ) -> None:
         self.name = name
         self.destination = props.destination or name
@@ -163,9 +163,10 @@ class Output:
         try:
             confirm = await self.producer.send(self.envelope(payload, key, headers))
         except Exception:
-            self._metrics.send_failures.inc()
+            if self._metrics is not None:
+                self._metrics.send_failures += 1
             raise
-        return self._metrics.confirmed(confirm)
+        return confirm if self._metrics is None else self._metrics.confirmed(confirm)
 
 
 class _Cached:

@@ -391,11 +391,7 @@ class StreamApp:
         binder = self._binder(name, props)
         destination = props.destination or name
         spec = ProducerSpec(name, destination, props.producer)
-        metrics = (
-            self._metrics.destination(destination)
-            if self._metrics is not None
-            else _metrics.NO_DESTINATION_METRICS
-        )
+        metrics = self._metrics.destination(destination) if self._metrics is not None else None
         return Output(name, props, await binder.bind_producer(spec), metrics)
 
     async def _bind_dynamic(self, destination: str) -> Output:
@@ -477,9 +473,7 @@ class StreamApp:
             RetryPolicy.from_properties(props.consumer),
             props.consumer.dlq,
             emit,
-            self._metrics.binding(name)
-            if self._metrics is not None
-            else _metrics.NO_BINDING_METRICS,
+            self._metrics.binding(name) if self._metrics is not None else None,
         )
 
     async def start(self) -> None:
@@ -557,11 +551,7 @@ class StreamApp:
         logs when either is on."""
         if self._metrics is None and not _logs.context_enabled:
             return dispatcher
-        metrics = (
-            self._metrics.binding(name)
-            if self._metrics is not None
-            else _metrics.NO_BINDING_METRICS
-        )
+        metrics = self._metrics.binding(name) if self._metrics is not None else None
         return _metrics.ObservedDispatcher(name, dispatcher, metrics)
 
     async def _poll(self, handler: Handler) -> None:
