@@ -120,6 +120,7 @@ class StreamApp:
         self._metrics: _metrics.AppMetrics | None = None
         self._management: ManagementServer | None = None
         self._started = False
+        self._stopping = False
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -253,6 +254,8 @@ class StreamApp:
         binding running and, on Kafka, assigned its partitions (or given them statically)."""
         if not self._running:
             return False, ["start"]
+        if self._stopping:
+            return False, ["stop"]
         waiting = []
         for handler in self._handlers.values():
             name = handler.input_binding
@@ -585,7 +588,8 @@ class StreamApp:
         """
         if not self._running:
             return
-        self._started = False  # /ready answers 503 from now on
+        self._started = False
+        self._stopping = True  # /ready answers 503 from now on
         timeout = self.config.shutdown_timeout
         start = asyncio.get_running_loop().time()
         cancelled: asyncio.CancelledError | None = None
@@ -634,6 +638,7 @@ class StreamApp:
             self._management = None
             self._metrics = None
             self._started = False
+            self._stopping = False
             self._running = False
         if cancelled is not None:
             raise cancelled

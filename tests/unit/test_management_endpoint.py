@@ -100,3 +100,39 @@ async def test_the_bindings_command_without_an_endpoint_says_how_to_name_one(
     code = await asyncio.to_thread(_run_cli, "bindings", "list", "--config", str(config))
     assert code == 2
     assert "pass --url http://HOST:PORT, or set management.port" in caplog.text
+
+
+async def test_ready_is_503_and_health_still_answers_while_the_app_drains() -> None:
+    destination = unique_name("drain")
+    app = StreamApp(
+        "draining",
+        config={
+            "management": {"port": 0},
+            "bindings": {"take-in-0": {"destination": destination, "group": "g"}},
+        },
+    )
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.sink
+    async def take(payload: str) -> None:
+        started.set()
+        await release.wait()
+
+    await app.start()
+    url = app.management_url
+    async with aiohttp.ClientSession() as session:
+        await app.send(destination, "slow")
+        await started.wait()
+        async with session.get(f"{url}/ready") as response:
+            before = response.status
+        stopping = asyncio.create_task(app.stop())
+        await asyncio.sleep(0)  # stop has begun draining
+        async with session.get(f"{url}/ready") as response:
+            draining = (response.status, await response.json())
+        async with session.get(f"{url}/health") as response:
+            health = response.status
+        release.set()
+        await stopping
+    assert before == 200
+    assert draining == (503, {"status": "not ready", "waiting-for": ["stop"]})
+    assert health == 200
