@@ -143,6 +143,13 @@ async def consume_streamlib(bootstrap: str, topic: str, count: int) -> float:
     return await streamlib_receive(streamlib_config(bootstrap, bindings), count)
 
 
+async def consume_streamlib_metrics(bootstrap: str, topic: str, count: int) -> float:
+    """streamlib with the management endpoint on, so every message is counted and timed."""
+    bindings = {"take-in-0": {"destination": topic, "group": f"slm-{uuid.uuid4().hex[:8]}"}}
+    config = {**streamlib_config(bootstrap, bindings), "management": {"port": 0}}
+    return await streamlib_receive(config, count)
+
+
 async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
     from faststream.kafka import KafkaBroker
 
@@ -167,6 +174,7 @@ PRODUCERS: dict[str, Produce] = {
 CONSUMERS: dict[str, Consume] = {
     "raw aiokafka": consume_raw,
     "streamlib": consume_streamlib,
+    "streamlib + metrics": consume_streamlib_metrics,
     "faststream": consume_faststream,
 }
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 
+from ._metrics import BindingMetrics
 from .binder import ACK, Outcome
 from .converters import PayloadDecoder
 from .messages import Envelope, Message
@@ -35,6 +36,7 @@ class HandlerDispatcher:
         policy: RetryPolicy,
         dlq: bool,
         emit: Emit | None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         self.binding = binding
         self.policy = policy
@@ -43,6 +45,7 @@ class HandlerDispatcher:
         self._wants_message = wants_message
         self._dlq = dlq
         self._emit = emit
+        self._metrics = metrics if metrics is not None else BindingMetrics()
 
     async def __call__(self, envelope: Envelope) -> Outcome:
         attempt = 0
@@ -56,13 +59,13 @@ class HandlerDispatcher:
                     else payload
                 )
                 result = await self._handler(arg)
-                if result is None or self._emit is None:
-                    return ACK
-                pending = await self._emit(result)
+                pending = None if result is None or self._emit is None else await self._emit(result)
+                self._metrics.handled += 1
                 return ACK if pending is None else Outcome(pending=pending)
             except Exception as exc:
                 if self.policy.should_retry(exc, attempt):
                     delay = self.policy.backoff(attempt)
+                    self._metrics.retried += 1
                     log.info(
                         "binding %s: attempt %d failed (%s: %s); retrying in %.3gs",
                         self.binding,
@@ -79,7 +82,9 @@ class HandlerDispatcher:
         return self._give_up(where, Failure(exc, 1))
 
     def _give_up(self, where: str, failure: Failure) -> Outcome:
+        self._metrics.failed += 1
         if self._dlq:
+            self._metrics.dead_lettered += 1
             log.warning(
                 "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",
                 self.binding,

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel
 
+from ._metrics import DestinationMetrics
 from .binder import Producer
 from .config import BindingProperties, did_you_mean
 from .converters import encode
@@ -106,10 +107,17 @@ def check_partition_key(expression: str | None, model: Any, key: str, handler: s
 class Output:
     """One output binding: turns payloads into envelopes and hands them to its producer."""
 
-    def __init__(self, name: str, props: BindingProperties, producer: Producer) -> None:
+    def __init__(
+        self,
+        name: str,
+        props: BindingProperties,
+        producer: Producer,
+        metrics: DestinationMetrics | None = None,
+    ) -> None:
         self.name = name
         self.destination = props.destination or name
         self.producer = producer
+        self._metrics = metrics
         self._content_type = props.content_type
         pprops = props.producer
         self._partition_count = pprops.partition_count
@@ -152,7 +160,13 @@ class Output:
     async def send(
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> Awaitable[None]:
-        return await self.producer.send(self.envelope(payload, key, headers))
+        try:
+            confirm = await self.producer.send(self.envelope(payload, key, headers))
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.send_failures += 1
+            raise
+        return confirm if self._metrics is None else self._metrics.confirmed(confirm)
 
 
 class _Cached:

@@ -30,6 +30,16 @@ class ManagedBinding:
         self._binding = binding
         self._wanted = started
         self._paused = False
+        self.auto_startup = started
+
+    @property
+    def is_ready(self) -> bool:
+        """Running and, where the broker hands out the work (Kafka's group assignment), given
+        its share: a binding may say so with an ``is_ready`` property of its own. A paused
+        binding is ready: it was paused on purpose and resumes where it stopped."""
+        if self._paused:
+            return True
+        return self._binding.is_running and bool(getattr(self._binding, "is_ready", True))
 
     @property
     def name(self) -> str:
@@ -44,9 +54,10 @@ class ManagedBinding:
         """``running``, ``paused``, ``stopped`` (as asked) or ``down`` (stopped on its own)."""
         if not self._wanted:
             return STOPPED
-        if not self._binding.is_running:
-            return DOWN
-        return PAUSED if self._paused else RUNNING
+        if self._paused:
+            # Before is_running: a binder may pause by stopping its consumers (RabbitMQ).
+            return PAUSED
+        return RUNNING if self._binding.is_running else DOWN
 
     async def start(self) -> None:
         self._wanted = True

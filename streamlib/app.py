@@ -13,11 +13,22 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
+from . import _logs, _metrics
+from ._banner import log_banner
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
+from ._management import ManagementServer, check_installed
 from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender, check_partition_key
 from ._supervision import DOWN, ManagedBinding, Supervisor
-from .binder import Binder, BinderContext, Binding, ConsumerSpec, ProducerSpec, load_binder_factory
+from .binder import (
+    Binder,
+    BinderContext,
+    Binding,
+    ConsumerSpec,
+    Dispatcher,
+    ProducerSpec,
+    load_binder_factory,
+)
 from .config import (
     BindingProperties,
     StreamConfig,
@@ -106,6 +117,10 @@ class StreamApp:
         self._error_listeners: list[ErrorListener] = []
         self._binder_override: tuple[str, dict[str, Any]] | None = None
         self._override_origin: tuple[frozenset[str], str] = (frozenset(), "")
+        self._metrics: _metrics.AppMetrics | None = None
+        self._management: ManagementServer | None = None
+        self._started = False
+        self._stopping = False
 
     # -- declaration ---------------------------------------------------------------------
 
@@ -234,6 +249,55 @@ class StreamApp:
             "failures": dict(failures),
         }
 
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, what it waits for): ready once started, with every auto-started consumer
+        binding running and, on Kafka, assigned its partitions (or given them statically)."""
+        if not self._running:
+            return False, ["start"]
+        if self._stopping:
+            return False, ["stop"]
+        waiting = []
+        for handler in self._handlers.values():
+            name = handler.input_binding
+            if name is None:
+                continue
+            binding = self._bindings.get(name)
+            if binding is None:
+                if self.config.binding(name).consumer.auto_startup:
+                    waiting.append(name)  # being bound (on Kafka: waiting for its partitions)
+            elif binding.auto_startup and not binding.is_ready:
+                waiting.append(name)
+        if not self._started and not waiting:
+            waiting.append("start")
+        return not waiting, waiting
+
+    def describe_bindings(self) -> list[dict[str, Any]]:
+        """Each consumer binding: ``name``, ``destination``, ``group``, ``binder``, ``state``
+        (as ``health()`` says it) and ``pausable``, as the management endpoint lists them."""
+        out = []
+        for name, binding in self._bindings.items():
+            props = self.config.binding(name)
+            out.append(
+                {
+                    "name": name,
+                    "destination": props.destination or name,
+                    "group": props.group,
+                    "binder": self._binder_for(name, props)[0],
+                    "state": binding.state,
+                    "pausable": True,
+                    "input": True,
+                }
+            )
+        return out
+
+    @property
+    def management_url(self) -> str | None:
+        """``http://host:port`` of the management endpoint while it serves, else None."""
+        return self._management.url if self._management is not None else None
+
+    def _metrics_text(self) -> bytes:
+        return self._metrics.exposition() if self._metrics is not None else b""
+
     async def wait_failed(self) -> None:
         """Wait until a task the app owns (a source) died; ``health()`` says which and why."""
         await self._supervisor.wait_failed()
@@ -328,8 +392,10 @@ class StreamApp:
 
     async def _output(self, name: str, props: BindingProperties) -> Output:
         binder = self._binder(name, props)
-        spec = ProducerSpec(name, props.destination or name, props.producer)
-        return Output(name, props, await binder.bind_producer(spec))
+        destination = props.destination or name
+        spec = ProducerSpec(name, destination, props.producer)
+        metrics = self._metrics.destination(destination) if self._metrics is not None else None
+        return Output(name, props, await binder.bind_producer(spec), metrics)
 
     async def _bind_dynamic(self, destination: str) -> Output:
         return await self._output(destination, self.config.binding(destination))
@@ -410,6 +476,7 @@ class StreamApp:
             RetryPolicy.from_properties(props.consumer),
             props.consumer.dlq,
             emit,
+            self._metrics.binding(name) if self._metrics is not None else None,
         )
 
     async def start(self) -> None:
@@ -428,13 +495,29 @@ class StreamApp:
         self._dynamic = DynamicOutputs(
             self._bind_dynamic, self.config.dynamic_destination_cache_size
         )
+        management = self.config.management
+        if management.enabled:
+            check_installed()
         self._running = True
         try:
+            cfg = self.config
+            roles = {h.output_binding: "producer" for h in self._handlers.values()}
+            roles.update({h.input_binding: "consumer" for h in self._handlers.values()})
+            log_banner(
+                cfg.name,
+                self._config_source,
+                {name: (p, roles.get(name, "configured")) for name, p in props.items()},
+                self._binder_for,
+                (cfg.instance_index, cfg.instance_count),
+            )
+            if management.enabled:
+                self._metrics = _metrics.AppMetrics(self.health)
+                self._management = ManagementServer(self, management, self._metrics_text)
+                await self._management.start()
             for handler in self._handlers.values():
                 if handler.output_binding:
                     out = handler.output_binding
                     self._outputs[out] = await self._output(out, props[out])
-            cfg = self.config
             for handler in self._handlers.values():
                 name = handler.input_binding
                 if name is None:
@@ -455,14 +538,24 @@ class StreamApp:
                 )
                 binder = self._binder(name, p)
                 dispatcher = self._dispatchers[name] = self._dispatcher(handler, name, p)
-                binding = await binder.bind_consumer(spec, dispatcher)
+                observed = self._observed(name, dispatcher)
+                binding = await binder.bind_consumer(spec, observed)
                 self._bindings[name] = ManagedBinding(binding, consumer.auto_startup)
             for handler in self._handlers.values():
                 if handler.kind is Kind.SOURCE:
                     self._supervisor.spawn(f"source {handler.name}", self._poll(handler))
+            self._started = True
         except BaseException:
             await self.stop()
             raise
+
+    def _observed(self, name: str, dispatcher: HandlerDispatcher) -> Dispatcher:
+        """What the binder calls: ``dispatcher``, counted in the metrics and named in the
+        logs when either is on."""
+        if self._metrics is None and not _logs.context_enabled:
+            return dispatcher
+        metrics = self._metrics.binding(name) if self._metrics is not None else None
+        return _metrics.ObservedDispatcher(name, dispatcher, metrics)
 
     async def _poll(self, handler: Handler) -> None:
         assert handler.output_binding is not None and handler.interval is not None
@@ -495,6 +588,8 @@ class StreamApp:
         """
         if not self._running:
             return
+        self._started = False
+        self._stopping = True  # /ready answers 503 from now on
         timeout = self.config.shutdown_timeout
         start = asyncio.get_running_loop().time()
         cancelled: asyncio.CancelledError | None = None
@@ -532,11 +627,18 @@ class StreamApp:
             )
             cancelled = cancelled or flushed or closed
         finally:
+            if self._management is not None:
+                # Last, so that /health and /metrics answer while the app drains.
+                await asyncio.shield(self._management.stop())
             self._bindings.clear()
             self._dispatchers.clear()
             self._outputs.clear()
             self._supervisor.tasks.clear()
             self._binders.clear()
+            self._management = None
+            self._metrics = None
+            self._started = False
+            self._stopping = False
             self._running = False
         if cancelled is not None:
             raise cancelled

@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 import yaml
 
-from . import __version__
+from . import __version__, _bindings_cli
+from ._logs import use_json_logs
 from .app import StreamApp
 from .errors import ConfigError, StreamlibError
 
@@ -226,6 +227,12 @@ def _parser() -> argparse.ArgumentParser:
         help="set a configuration key over file and environment (dotted key, YAML value); "
         "repeatable",
     )
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line, with binding and destination where known",
+    )
     run.set_defaults(func=_run)
     send = commands.add_parser(
         "send",
@@ -275,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
             "--api-version", default="1.0.0", help="info.version of the document (1.0.0)"
         )
         sub.set_defaults(func=_docs)
+    _bindings_cli.add_commands(commands)
     for name in ("streamlib.bus.cli", "streamlib.dlq.cli", "streamlib.saga.cli"):
         try:
             module = importlib.import_module(name)
@@ -293,7 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(logging_options + rest)
     level = args.log_level or ("DEBUG" if args.verbose else "INFO")
     args.verbose = level == "DEBUG"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "log_format", "text") == "json":
+        use_json_logs(level)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Command = args.func
     try:
         code = func(args)

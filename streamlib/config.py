@@ -152,6 +152,18 @@ class BinderSettings(_Model):
         yield from redact(self.settings).items()
 
 
+class ManagementProperties(_Model):
+    """The management endpoint (``management:``): off unless ``port`` is set; 0 takes any
+    free port (logged at start)."""
+
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+
 class StreamConfig(_Model):
     """The whole configuration of one application instance."""
 
@@ -166,6 +178,7 @@ class StreamConfig(_Model):
     dynamic_destination_cache_size: int = Field(10, ge=1)
     bus: dict[str, Any] = {}
     saga: dict[str, Any] = {}
+    management: ManagementProperties = ManagementProperties()
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():

@@ -221,6 +221,12 @@ class KafkaBinding(BaseBinding):
         return self._running
 
     @property
+    def is_ready(self) -> bool:
+        """Running, and its partitions assigned by the group (or taken statically); a member
+        the group gave no partition is ready too."""
+        return self._running and self._assigned_once.is_set()
+
+    @property
     def group_id(self) -> str:
         return self._group_id
 

@@ -63,6 +63,7 @@ class RabbitBinder(BaseBinder):
         self._bindings: list[RabbitBinding] = []
         self._dead_letters: Publisher | None = None
         self._closed = False
+        self._reconnects = 0
 
     def __repr__(self) -> str:
         return f"RabbitBinder({self.settings.safe_url()!r})"
@@ -95,6 +96,7 @@ class RabbitBinder(BaseBinder):
                 )
             except Exception as exc:
                 raise map_error(exc, f"connect to {s.safe_url()}") from exc
+            conn.reconnect_callbacks.add(self._reconnected)
             self._connections[role] = conn
             return conn
 
@@ -166,7 +168,12 @@ class RabbitBinder(BaseBinder):
 
         return RabbitDeadLetterQueues(consumer_connection, lambda: self._publisher(confirms=True))
 
+    def _reconnected(self, connection: Any) -> None:
+        self._reconnects += 1
+
     def health(self) -> Mapping[str, Any]:
+        """``status``, the broker (redacted), each connection's state, how many times a
+        connection was re-established (``reconnects``), and whether each binding runs."""
         connections = {
             role: "up" if not conn.is_closed and conn.connected.is_set() else "reconnecting"
             for role, conn in self._connections.items()
@@ -176,6 +183,7 @@ class RabbitBinder(BaseBinder):
             "status": status,
             "broker": self.settings.safe_url(),
             "connections": connections,
+            "reconnects": self._reconnects,
             "bindings": {b.name: b.is_running for b in self._bindings},
         }
 
