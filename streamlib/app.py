@@ -606,7 +606,9 @@ class StreamApp:
         self._config = None
 
     def on_refresh(self, fn: L) -> L:
-        """Call ``fn(changed_keys)`` (plain or ``async``) after a refresh that changed keys."""
+        """Call ``fn(changed_keys)`` (plain or ``async``) after every applied refresh; the keys
+        are empty when nothing changed (a listener that re-reads an external source or clears a
+        cache runs anyway)."""
         self._live.add_listener(fn)
         return fn
 

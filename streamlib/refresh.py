@@ -32,7 +32,8 @@ M = TypeVar("M", bound=BaseModel)
 
 ConfigSource = Mapping[str, Any] | str | Path | None
 RefreshListener = Callable[[frozenset[str]], Any]
-"""``fn(changed_keys)``, plain or ``async``; called after a refresh that changed something."""
+"""``fn(changed_keys)``, plain or ``async``; called after every applied refresh, with the keys
+it changed (empty when none did), as Spring publishes its refresh events on every refresh."""
 DefaultsProvider = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 """Given the merged configuration, the defaults to put under it (lowest priority)."""
 
@@ -292,9 +293,8 @@ class LiveConfig:
         return not any(fnmatchcase(key, pattern) for pattern in self._live_keys)
 
     async def notify(self, result: RefreshResult) -> None:
-        """Call every listener with the changed keys; a failing listener is logged."""
-        if not result.changed:
-            return
+        """Call every listener once with the changed keys, possibly none; a failing listener is
+        logged."""
         keys = frozenset(result.changed)
         for listener in list(self._listeners):
             try:

@@ -63,10 +63,12 @@ class PyNode:
         self.greeting = self.app.settings("greeting", Greeting)
         self.bus = Bus(self.app)
         self.seen: list[str] = []
+        self.keys: list[frozenset[str]] = []
 
         @self.bus.on_refresh
         def record(changed: frozenset[str]) -> None:
             self.seen.append(self.greeting.value.message)
+            self.keys.append(changed)
 
     def set_greeting(self, message: str) -> None:
         self.path.write_text(yaml.safe_dump({**self.config, "greeting": {"message": message}}))
@@ -248,6 +250,29 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
         assert ack["ackId"] == refresh["id"] == spring_ack["ackId"]
         assert ack["ackDestinationService"] == spring_ack["ackDestinationService"] == "**"
         assert ack["event"] == spring_ack["event"]
+
+
+async def test_java_busrefresh_without_changes_calls_each_listener_once_with_no_keys(
+    broker: Broker, spring: Spring, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    dest = unique("interop-bus")
+    java, port = java_bus_node(spring, dest, tmp_path, "hello")
+    await java_listening(java, broker, dest)
+    nodes = [PyNode(broker, dest, index, tmp_path) for index in (0, 1)]
+    async with nodes[0].app.run(), nodes[1].app.run():
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/actuator/busrefresh", method="POST"
+        )
+        with await anyio.to_thread.run_sync(urllib.request.urlopen, request) as response:
+            assert response.status in (200, 204)
+        ids = {n.bus.id for n in nodes}
+        await wait_until(
+            lambda: ids <= {a["originService"] for a in bus_events(java, ACK)},
+            "acks of both streamlib nodes at Java",
+        )
+    # Each node acked after handling the refresh, so its listener has run by now.
+    assert [n.keys for n in nodes] == [[frozenset()], [frozenset()]]
+    assert [n.seen for n in nodes] == [["hello"], ["hello"]]
 
 
 async def test_streamlib_bus_cli_reaches_a_java_node(
