@@ -19,7 +19,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .config import normalize_key, redact_url, validate
-from .errors import ConfigServerError
+from .errors import ConfigError, ConfigServerError
 from .retry import exponential_backoff
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def settings_from(raw: Mapping[str, Any]) -> ConfigServerSettings | None:
     if spelling is not None:
         match = _IMPORT.fullmatch(str(spelling).strip())
         if match is None:
-            raise ConfigServerError(
+            raise ConfigError(
                 IMPORT_KEY,
                 f"must be 'configserver:<uri>' or 'optional:configserver:<uri>' "
                 f"(got {redact_url(str(spelling))!r})",
@@ -170,7 +170,7 @@ async def fetch(settings: ConfigServerSettings, name: str, *, retry: bool) -> di
                     "config server %s: %d property source(s): %s",
                     shown,
                     len(sources),
-                    ", ".join(source_name for source_name, _ in sources) or "none",
+                    ", ".join(redact_url(source_name) for source_name, _ in sources) or "none",
                 )
                 return to_streamlib(merge_sources(s for _, s in sources))
             if attempt < attempts:

@@ -22,9 +22,18 @@ import anyio
 import orjson
 import pytest
 import yaml
-from interop_support import Broker, Spring, WireTap, wait_until
+from interop_support import (
+    ACK,
+    REFRESH,
+    Broker,
+    Spring,
+    WireTap,
+    free_port,
+    greetings,
+    java_listening,
+    wait_until,
+)
 from pydantic import BaseModel, SecretStr
-from test_spring_bus import ACK, REFRESH, free_port, greetings, java_listening
 
 from streamlib import ConfigServerError, StreamApp
 from streamlib.bus import Bus
