@@ -22,7 +22,8 @@ import yaml
 from pydantic import BaseModel, SecretStr
 
 from streamlib import ConfigError, ConfigServerError, StreamApp
-from streamlib.config_server import settings_from, to_streamlib
+from streamlib._spring_keys import to_streamlib
+from streamlib.config_server import settings_from
 
 pytestmark = pytest.mark.anyio
 
