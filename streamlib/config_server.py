@@ -4,8 +4,8 @@ The ``config-server:`` section (or Spring's ``config-import: [optional:]configse
 names the server; at start and at every refresh the app fetches
 ``GET <uri>/<name>/<profiles>[/<label>]`` and puts the returned property sources (the first
 source wins, as in Spring) between the local file and the environment. Spring-style keys map
-to streamlib's (``_spring_keys``), so one repository serves Java
-and Python services. Needs the ``httpx`` package (``pip install streamlib[config-server]``).
+to streamlib's (``_spring_keys``), so one repository serves Java and Python services. Needs
+the ``httpx`` package (``pip install streamlib[config-server]``).
 """
 
 from __future__ import annotations
