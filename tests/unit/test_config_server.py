@@ -320,3 +320,21 @@ async def test_optional_starts_on_local_config_with_a_warning(
     assert uri in warning.getMessage() and "starting on local configuration" in (
         warning.getMessage()
     )
+
+
+async def test_an_invalid_served_value_fails_the_refresh_and_changes_nothing(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    key = "spring.cloud.stream.bindings.orders-in-0.consumer.maxAttempts"
+    server.sources = [{"name": "a", "source": {key: 4, "greeting.message": "v1"}}]
+    app, greeting = node(write(tmp_path / "app.yaml", {"config-server": {"uri": server.url}}))
+    seen: list[frozenset[str]] = []
+    app.on_refresh(seen.append)
+    async with app.run():
+        server.sources = [{"name": "a", "source": {key: 0, "greeting.message": "v2"}}]
+        with pytest.raises(ConfigError) as caught:
+            await app.refresh()
+        assert caught.value.key == "bindings.orders-in-0.consumer.max-attempts"
+        assert app.config.binding("orders-in-0").consumer.max_attempts == 4
+        assert greeting.value.message == "v1"
+    assert seen == []
