@@ -13,7 +13,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
-from . import _logs, _metrics
+from . import _logs, _metrics, config_server
 from ._banner import log_banner
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
@@ -38,7 +38,7 @@ from .config import (
     normalize_key,
 )
 from .converters import PayloadDecoder
-from .errors import ConfigError, StreamlibError
+from .errors import ConfigError, ConfigServerError, StreamlibError
 from .messages import Message
 from .refresh import (
     DefaultsProvider,
@@ -198,8 +198,27 @@ class StreamApp:
         self._binding_defaults[binding] = dict(settings)
         self._config = None
 
-    def _load_config(self) -> StreamConfig:
-        return self._with_binding_defaults(self._live.load(self._config_source, self.name))
+    def _load_config(self, served: Mapping[str, Any] | None = None) -> StreamConfig:
+        return self._with_binding_defaults(self._live.load(self._config_source, self.name, served))
+
+    async def _fetch_served(self, *, starting: bool) -> dict[str, Any]:
+        """The Config Server's layer, fetched now ({} when none is configured).
+
+        At start-up ``fail-fast`` retries on Spring's schedule and ``optional`` starts on local
+        configuration with a warning; a refresh asks once. Raises ConfigServerError otherwise.
+        """
+        local = self._live.local(self._config_source, self.name)
+        settings = config_server.settings_from(local)
+        if settings is None:
+            return {}
+        name = str(local.get("name") or self.name or "application")
+        try:
+            return await config_server.fetch(settings, name, retry=starting and settings.fail_fast)
+        except ConfigServerError as exc:
+            if not (starting and settings.optional):
+                raise
+            log.warning("%s; starting on local configuration (config-server.optional)", exc)
+            return {}
 
     def _with_binding_defaults(self, cfg: StreamConfig) -> StreamConfig:
         if not self._binding_defaults:
@@ -484,8 +503,10 @@ class StreamApp:
         if self._running:
             return
         try:
-            self._config = self._load_config()
+            self._config = self._load_config(await self._fetch_served(starting=True))
             props = self._validate()
+        except ConfigServerError:
+            raise
         except ConfigError as exc:
             keys, origin = self._override_origin
             if normalize_key(exc.key) in keys:
@@ -708,7 +729,9 @@ class StreamApp:
         self._config = None
 
     def on_refresh(self, fn: L) -> L:
-        """Call ``fn(changed_keys)`` (plain or ``async``) after a refresh that changed keys."""
+        """Call ``fn(changed_keys)`` (plain or ``async``) after every applied refresh; the keys
+        are empty when nothing changed (a listener that re-reads an external source or clears a
+        cache runs anyway)."""
         self._live.add_listener(fn)
         return fn
 
@@ -716,15 +739,19 @@ class StreamApp:
         """Read the configuration again, with ``overrides`` (dotted keys) set on top.
 
         Settings get their new values and consumer retry settings apply at once; other
-        binding settings are reported in ``restart_required``. Raises ConfigError, changing
-        nothing, when the new configuration is invalid.
+        binding settings are reported in ``restart_required``. With a Config Server, its
+        property sources are fetched again first. Raises ConfigError, changing nothing, when
+        the new configuration is invalid, and ConfigServerError when the server cannot be
+        reached.
         """
+        served = await self._fetch_served(starting=False)
         config, result = self._live.reload(
             self._config_source,
             self.name,
             overrides,
             self._dispatchers,
             self._with_binding_defaults,
+            served,
         )
         self._config = config
         await self._live.notify(result)

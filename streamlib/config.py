@@ -179,10 +179,12 @@ class StreamConfig(_Model):
     bus: dict[str, Any] = {}
     saga: dict[str, Any] = {}
     management: ManagementProperties = ManagementProperties()
+    config_server: dict[str, Any] = {}
+    config_import: str | None = None
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, redact(value) if isinstance(value, Mapping) else value
+            yield name, redact(value) if isinstance(value, Mapping | str) else value
 
     @model_validator(mode="after")
     def _check_instance(self) -> StreamConfig:
@@ -391,8 +393,10 @@ def raw_config(
     environ: Mapping[str, str] | None = None,
     name: str | None = None,
     extra_keys: Collection[str] = (),
+    remote: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The file (or mapping) and environment layers merged, before validation.
+    """The file (or mapping), ``remote`` (a Config Server's) and environment layers merged,
+    later ones winning, before validation.
 
     ``extra_keys`` are top-level sections the application declared, which environment
     variables may set too. See ``load_config`` for where the file is looked for.
@@ -408,6 +412,8 @@ def raw_config(
         data = read_yaml(Path(source))
     else:
         data = deep_merge({}, source)
+    if remote:
+        data = deep_merge(data, remote)
     if name is not None:
         data.setdefault("name", name)
     return env_overrides(data, env, extra_keys)

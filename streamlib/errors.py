@@ -5,6 +5,7 @@ The whole tree::
     StreamlibError                  base of every streamlib exception
     ├── ConfigError                 bad configuration; names the key path (raised at start-up)
     ├── BinderNotFoundError         a binder type that is not installed (a ConfigError)
+    ├── ConfigServerError           no Config Server answered (a ConfigError; retriable)
     ├── MessageConversionError      a payload that cannot be decoded/validated/encoded (not retried)
     ├── BindingError                a binding could not be created or used
     └── BrokerError                 a broker-side failure mapped by a binder
@@ -35,6 +36,12 @@ class ConfigError(StreamlibError):
 
 class BinderNotFoundError(ConfigError):
     """The configured binder type has no installed implementation."""
+
+
+class ConfigServerError(ConfigError):
+    """The Config Server could not be reached or gave no usable answer."""
+
+    retriable = True
 
 
 class MessageConversionError(StreamlibError):

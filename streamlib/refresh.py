@@ -1,8 +1,11 @@
 """Live configuration: layered sources, refreshable settings, and what a refresh changed.
 
 Layers, later ones winning: defaults that extensions declare in code (the Bus's binding),
-the YAML file or mapping, ``STREAMLIB_*`` environment variables, then overrides set at run
-time (a Bus environment change). Settings sections declared with ``app.settings(prefix,
+the YAML file or mapping, a Config Server's property sources (fetched by the app at start and
+at each refresh), ``STREAMLIB_*`` environment variables, then overrides set at run time (a Bus
+environment change). Top-level keys that only the Config Server sets and that neither
+streamlib nor a settings section knows (a Java service's keys in a shared repository) are kept
+but not validated. Settings sections declared with ``app.settings(prefix,
 Model)`` are validated from their own top-level section; between refreshes they are frozen,
 and a refresh replaces them with new objects. Consumer retry settings take effect at once;
 every other binding or binder setting is reported as needing a restart.
@@ -32,7 +35,8 @@ M = TypeVar("M", bound=BaseModel)
 
 ConfigSource = Mapping[str, Any] | str | Path | None
 RefreshListener = Callable[[frozenset[str]], Any]
-"""``fn(changed_keys)``, plain or ``async``; called after a refresh that changed something."""
+"""``fn(changed_keys)``, plain or ``async``; called after every applied refresh, with the keys
+it changed (empty when none did), as Spring publishes its refresh events on every refresh."""
 DefaultsProvider = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 """Given the merged configuration, the defaults to put under it (lowest priority)."""
 
@@ -168,6 +172,14 @@ def overrides_tree(values: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+_NOT_SERVED = frozenset({"name", "config-server", "config-import"})
+
+
+def _served(remote: Mapping[str, Any]) -> dict[str, Any]:
+    """The Config Server layer without the keys that address the server itself."""
+    return {k: v for k, v in remote.items() if normalize_key(str(k)) not in _NOT_SERVED}
+
+
 class LiveConfig:
     """The configuration of one app as layers, with the settings and listeners bound to it."""
 
@@ -179,6 +191,7 @@ class LiveConfig:
         self._listeners: list[RefreshListener] = []
         self._live_keys: list[str] = list(LIVE_KEYS)
         self._raw: dict[str, Any] | None = None
+        self._remote: dict[str, Any] = {}
 
     def settings(self, prefix: str, model: type[M]) -> Settings[M]:
         """Register (or return) the settings of section ``prefix``, validated as ``model``."""
@@ -208,23 +221,37 @@ class LiveConfig:
         self._defaults.append(provider)
         self._live_keys.extend(live_keys)
 
+    def local(self, source: ConfigSource, name: str | None) -> dict[str, Any]:
+        """The file, environment and override layers, without the Config Server's: where the
+        Config Server itself is configured."""
+        return self._read(source, name, self._overrides, {})
+
     def _read(
-        self, source: ConfigSource, name: str | None, overrides: Mapping[str, Any]
+        self,
+        source: ConfigSource,
+        name: str | None,
+        overrides: Mapping[str, Any],
+        remote: Mapping[str, Any],
     ) -> dict[str, Any]:
         extra = {k.split(".", 1)[0] for k in self._settings}
         raw = deep_merge(
-            raw_config(source, environ=os.environ, name=name, extra_keys=extra), overrides
+            raw_config(
+                source, environ=os.environ, name=name, extra_keys=extra, remote=_served(remote)
+            ),
+            overrides,
         )
         for provider in self._defaults:
             raw = deep_merge(provider(raw), raw)
         return raw
 
     def _validate(
-        self, raw: dict[str, Any], overrides: Mapping[str, Any]
+        self, raw: dict[str, Any], overrides: Mapping[str, Any], remote: Mapping[str, Any]
     ) -> tuple[StreamConfig, dict[str, Any]]:
         """The StreamConfig and each settings value; ConfigError when one is invalid."""
         extra = {k.split(".", 1)[0] for k in self._settings}
-        free = {normalize_key(k) for k in overrides} - _STREAM_KEYS
+        free = ({normalize_key(k) for k in overrides} | {normalize_key(k) for k in remote}) - (
+            _STREAM_KEYS
+        )
         core = {
             k: v
             for k, v in raw.items()
@@ -241,11 +268,18 @@ class LiveConfig:
         for key, value in values.items():
             self._settings[key]._value = value
 
-    def load(self, source: ConfigSource, name: str | None) -> StreamConfig:
-        """Read every layer and bind the settings; ConfigError (nothing changed) if invalid."""
-        raw = self._read(source, name, self._overrides)
-        config, values = self._validate(raw, self._overrides)
+    def load(
+        self, source: ConfigSource, name: str | None, remote: Mapping[str, Any] | None = None
+    ) -> StreamConfig:
+        """Read every layer and bind the settings; ConfigError (nothing changed) if invalid.
+
+        ``remote`` is a newly fetched Config Server layer (None: keep the one in force).
+        """
+        served = self._remote if remote is None else dict(remote)
+        raw = self._read(source, name, self._overrides, served)
+        config, values = self._validate(raw, self._overrides, served)
         self._commit(raw, values)
+        self._remote = served
         return config
 
     def reload(
@@ -255,22 +289,26 @@ class LiveConfig:
         overrides: Mapping[str, Any] | None,
         dispatchers: Mapping[str, HandlerDispatcher],
         finish: Callable[[StreamConfig], StreamConfig] = lambda config: config,
+        remote: Mapping[str, Any] | None = None,
     ) -> tuple[StreamConfig, RefreshResult]:
-        """Read again with ``overrides`` (dotted keys) added on top; swap the retry policy of
-        each dispatcher whose settings changed. ConfigError leaves everything as it was.
+        """Read again with ``overrides`` (dotted keys) added on top and ``remote`` as the new
+        Config Server layer (None: keep the one in force); swap the retry policy of each
+        dispatcher whose settings changed. ConfigError leaves everything as it was.
 
         ``finish`` completes the validated configuration (the app's binding defaults).
         """
         merged = deep_merge(self._overrides, overrides_tree(overrides or {}))
+        served = self._remote if remote is None else dict(remote)
         old = self._raw or {}
-        raw = self._read(source, name, merged)
-        config, values = self._validate(raw, merged)
+        raw = self._read(source, name, merged, served)
+        config, values = self._validate(raw, merged, served)
         config = finish(config)
         policies = {
             binding: RetryPolicy.from_properties(config.binding(binding).consumer)
             for binding in dispatchers
         }
         self._overrides = merged
+        self._remote = served
         self._commit(raw, values)
         for binding, policy in policies.items():
             dispatcher = dispatchers[binding]
@@ -292,9 +330,8 @@ class LiveConfig:
         return not any(fnmatchcase(key, pattern) for pattern in self._live_keys)
 
     async def notify(self, result: RefreshResult) -> None:
-        """Call every listener with the changed keys; a failing listener is logged."""
-        if not result.changed:
-            return
+        """Call every listener once with the changed keys, possibly none; a failing listener is
+        logged."""
         keys = frozenset(result.changed)
         for listener in list(self._listeners):
             try:

@@ -130,7 +130,7 @@ class Bus:
         return node
 
     def on_refresh(self, fn: L) -> L:
-        """Call ``fn(changed_keys)`` after a refresh that changed keys (same as the app's)."""
+        """Call ``fn(changed_keys)`` after every applied refresh (same as the app's)."""
         return self.app.on_refresh(fn)
 
     def on_event(self, event_type: type[E]) -> Callable[[EventListener[E]], EventListener[E]]:

@@ -1,5 +1,6 @@
 """What the interop tests share: the Spring application's build and launcher, each broker as
-both sides see it, the payload, and small waiting helpers.
+both sides see it, the payload, small waiting helpers, and what the bus tests read from a
+Java bus node (its greetings and bus events).
 
 Java and Maven must be installed: without them these tests fail, they never skip.
 """
@@ -9,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,8 @@ import orjson
 import pytest
 from pydantic import BaseModel
 from streamlib_kafka.testing import read_topic
+
+from streamlib import StreamApp
 
 SPRING_DIR = Path(__file__).parent / "spring"
 JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
@@ -302,3 +307,65 @@ async def wait_until(
 
 async def wait_count(items: Sized, count: int, what: str) -> None:
     await wait_until(lambda: len(items) >= count, f"{count} {what} (have {len(items)})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+REFRESH = "RefreshRemoteApplicationEvent"
+ACK = "AckRemoteApplicationEvent"
+PROBE = "probe:0:"
+
+
+async def java_listening(java: JavaApp, broker: Broker, dest: str) -> None:
+    """Ready, and on Kafka positioned on its bus partition.
+
+    An anonymous Kafka group starts at "latest", fixed on its first fetch after the
+    assignment, so a probe ack is sent until Java logs one: then nothing later is skipped.
+    """
+    await java.wait_ready()
+    if broker.name != "kafka":
+        return
+    await java.wait_for(
+        lambda rs: any(r["event"] == "assigned" and r["partitions"] for r in rs),
+        "assignment of the bus partition",
+    )
+    probe = StreamApp("probe", config={"binders": {"kafka": broker.binder}})
+    async with probe.run():
+        with anyio.fail_after(60):
+            while True:
+                origin = f"{PROBE}{uuid.uuid4().hex}"
+                await probe.send(
+                    dest,
+                    {
+                        "type": ACK,
+                        "ackDestinationService": "**",
+                        "ackId": str(uuid.uuid4()),
+                        "destinationService": "**",
+                        "event": "org.springframework.cloud.bus.event.AckRemoteApplicationEvent",
+                        "id": str(uuid.uuid4()),
+                        "originService": origin,
+                        "timestamp": int(time.time() * 1000),
+                    },
+                )
+                for _ in range(20):
+                    if any(a["originService"] == origin for a in java.records("bus")):
+                        return
+                    await anyio.sleep(0.1)
+
+
+def greetings(java: JavaApp) -> list[str]:
+    return [r["greeting"] for r in java.records("greeting")]
+
+
+def bus_events(java: JavaApp, type_: str) -> list[dict[str, Any]]:
+    """The bus events Java logged, without the readiness probes."""
+    return [
+        r
+        for r in java.records("bus")
+        if r["type"] == type_ and not r["originService"].startswith(PROBE)
+    ]

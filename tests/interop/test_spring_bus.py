@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,19 @@ import anyio
 import orjson
 import pytest
 import yaml
-from interop_support import Broker, JavaApp, Spring, WireTap, wait_until
+from interop_support import (
+    ACK,
+    REFRESH,
+    Broker,
+    JavaApp,
+    Spring,
+    WireTap,
+    bus_events,
+    free_port,
+    greetings,
+    java_listening,
+    wait_until,
+)
 from pydantic import BaseModel
 from support.launcher import rabbitmqctl
 
@@ -34,20 +43,11 @@ from streamlib.bus import Bus
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
 STREAMLIB = str(Path(sys.executable).with_name("streamlib"))
-REFRESH = "RefreshRemoteApplicationEvent"
 ENV = "EnvironmentChangeRemoteApplicationEvent"
-ACK = "AckRemoteApplicationEvent"
 
 
 class Greeting(BaseModel):
     message: str = "hello"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PyNode:
@@ -63,10 +63,12 @@ class PyNode:
         self.greeting = self.app.settings("greeting", Greeting)
         self.bus = Bus(self.app)
         self.seen: list[str] = []
+        self.keys: list[frozenset[str]] = []
 
         @self.bus.on_refresh
         def record(changed: frozenset[str]) -> None:
             self.seen.append(self.greeting.value.message)
+            self.keys.append(changed)
 
     def set_greeting(self, message: str) -> None:
         self.path.write_text(yaml.safe_dump({**self.config, "greeting": {"message": message}}))
@@ -84,46 +86,6 @@ def java_bus_node(spring: Spring, dest: str, tmp_path: Path, greeting: str) -> t
         },
     )
     return app, port
-
-
-PROBE = "probe:0:"
-
-
-async def java_listening(java: JavaApp, broker: Broker, dest: str) -> None:
-    """Ready, and on Kafka positioned on its bus partition.
-
-    An anonymous Kafka group starts at "latest", fixed on its first fetch after the
-    assignment, so a probe ack is sent until Java logs one: then nothing later is skipped.
-    """
-    await java.wait_ready()
-    if broker.name != "kafka":
-        return
-    await java.wait_for(
-        lambda rs: any(r["event"] == "assigned" and r["partitions"] for r in rs),
-        "assignment of the bus partition",
-    )
-    probe = StreamApp("probe", config={"binders": {"kafka": broker.binder}})
-    async with probe.run():
-        with anyio.fail_after(60):
-            while True:
-                origin = f"{PROBE}{uuid.uuid4().hex}"
-                await probe.send(
-                    dest,
-                    {
-                        "type": ACK,
-                        "ackDestinationService": "**",
-                        "ackId": str(uuid.uuid4()),
-                        "destinationService": "**",
-                        "event": "org.springframework.cloud.bus.event.AckRemoteApplicationEvent",
-                        "id": str(uuid.uuid4()),
-                        "originService": origin,
-                        "timestamp": int(time.time() * 1000),
-                    },
-                )
-                for _ in range(20):
-                    if any(a["originService"] == origin for a in java.records("bus")):
-                        return
-                    await anyio.sleep(0.1)
 
 
 async def bus_wire(tap: WireTap) -> list[dict[str, Any]]:
@@ -154,19 +116,6 @@ def anonymous_queues(dest: str) -> list[dict[str, Any]]:
     listing = rabbitmqctl("list_queues", *columns, "--formatter", "json", "-q")
     prefix = f"{dest}.anonymous."
     return [q for q in json.loads(listing) if q["name"].startswith(prefix)]
-
-
-def greetings(java: JavaApp) -> list[str]:
-    return [r["greeting"] for r in java.records("greeting")]
-
-
-def bus_events(java: JavaApp, type_: str) -> list[dict[str, Any]]:
-    """The bus events Java logged, without the readiness probes."""
-    return [
-        r
-        for r in java.records("bus")
-        if r["type"] == type_ and not r["originService"].startswith(PROBE)
-    ]
 
 
 async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_acks(
@@ -248,6 +197,29 @@ async def test_java_bus_events_reach_streamlib_nodes_and_java_receives_their_ack
         assert ack["ackId"] == refresh["id"] == spring_ack["ackId"]
         assert ack["ackDestinationService"] == spring_ack["ackDestinationService"] == "**"
         assert ack["event"] == spring_ack["event"]
+
+
+async def test_java_busrefresh_without_changes_calls_each_listener_once_with_no_keys(
+    broker: Broker, spring: Spring, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    dest = unique("interop-bus")
+    java, port = java_bus_node(spring, dest, tmp_path, "hello")
+    await java_listening(java, broker, dest)
+    nodes = [PyNode(broker, dest, index, tmp_path) for index in (0, 1)]
+    async with nodes[0].app.run(), nodes[1].app.run():
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/actuator/busrefresh", method="POST"
+        )
+        with await anyio.to_thread.run_sync(urllib.request.urlopen, request) as response:
+            assert response.status in (200, 204)
+        ids = {n.bus.id for n in nodes}
+        await wait_until(
+            lambda: ids <= {a["originService"] for a in bus_events(java, ACK)},
+            "acks of both streamlib nodes at Java",
+        )
+    # Each node acked after handling the refresh, so its listener has run by now.
+    assert [n.keys for n in nodes] == [[frozenset()], [frozenset()]]
+    assert [n.seen for n in nodes] == [["hello"], ["hello"]]
 
 
 async def test_streamlib_bus_cli_reaches_a_java_node(

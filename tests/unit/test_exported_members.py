@@ -25,6 +25,7 @@ def test_public_api_is_exported_once_and_sorted() -> None:
         "BindingProperties",
         "BrokerError",
         "ConfigError",
+        "ConfigServerError",
         "ConnectionLostError",
         "ConsumerProperties",
         "ConsumerSpec",

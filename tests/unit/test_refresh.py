@@ -59,8 +59,30 @@ async def test_settings_section_is_read_and_replaced_on_refresh(tmp_path: Path) 
         assert result.changed == ("limits.label", "limits.max-items")
         assert result.restart_required == ()
         assert seen == [frozenset({"limits.label", "limits.max-items"})]
+
+
+async def test_every_refresh_calls_each_listener_once_even_when_nothing_changed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "app.yaml"
+    write(path, base(limits={"max-items": 5}))
+    app = shop(path)
+    app.settings("limits", Limits)
+    plain: list[frozenset[str]] = []
+    awaited: list[frozenset[str]] = []
+
+    async def async_listener(keys: frozenset[str]) -> None:
+        awaited.append(keys)
+
+    app.on_refresh(plain.append)
+    app.on_refresh(async_listener)
+    async with app.run():
         assert (await app.refresh()).changed == ()
-        assert len(seen) == 1
+        assert plain == awaited == [frozenset()]
+        write(path, base(limits={"max-items": 6}))
+        await app.refresh()
+        assert (await app.refresh()).changed == ()
+        assert plain == awaited == [frozenset(), frozenset({"limits.max-items"}), frozenset()]
 
 
 async def test_retry_settings_apply_live_and_the_rest_needs_a_restart(tmp_path: Path) -> None:

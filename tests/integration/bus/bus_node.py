@@ -1,6 +1,6 @@
 """A bus node run as a process by the bus integration tests (``streamlib run bus_node:app``).
 
-It appends one JSON line to ``probe.status-file`` after each refresh that changed keys:
+It appends one JSON line to ``probe.status-file`` after each refresh:
 its service id, its greeting settings as they now are, and the keys that changed.
 """
 
