@@ -12,6 +12,7 @@ from .binder import ACK, Outcome
 from .converters import PayloadDecoder
 from .messages import Envelope, Message
 from .retry import Failure, RetryPolicy
+from .tracing import record_failure
 
 log = logging.getLogger("streamlib.consumer")
 
@@ -79,6 +80,7 @@ class HandlerDispatcher:
         return self._give_up(where, Failure(exc, 1))
 
     def _give_up(self, where: str, failure: Failure) -> Outcome:
+        record_failure(failure.exception)
         if self._dlq:
             log.warning(
                 "binding %s: message %s failed after %d attempt(s), dead-lettering: %s: %s",

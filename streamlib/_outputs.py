@@ -19,6 +19,7 @@ from .converters import encode
 from .errors import ConfigError, MessageConversionError
 from .messages import CONTENT_TYPE, Envelope, Message
 from .partitioning import PartitionSelector, default_partition_selector, select_partition
+from .tracing import TracedSend
 
 log = logging.getLogger("streamlib.app")
 
@@ -106,10 +107,17 @@ def check_partition_key(expression: str | None, model: Any, key: str, handler: s
 class Output:
     """One output binding: turns payloads into envelopes and hands them to its producer."""
 
-    def __init__(self, name: str, props: BindingProperties, producer: Producer) -> None:
+    def __init__(
+        self,
+        name: str,
+        props: BindingProperties,
+        producer: Producer,
+        traced: TracedSend | None = None,
+    ) -> None:
         self.name = name
         self.destination = props.destination or name
         self.producer = producer
+        self._traced = traced
         self._content_type = props.content_type
         pprops = props.producer
         self._partition_count = pprops.partition_count
@@ -152,7 +160,9 @@ class Output:
     async def send(
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> Awaitable[None]:
-        return await self.producer.send(self.envelope(payload, key, headers))
+        if self._traced is None:
+            return await self.producer.send(self.envelope(payload, key, headers))
+        return await self._traced.send(self.producer, self.envelope(payload, key, headers))
 
 
 class _Cached:
