@@ -28,6 +28,7 @@ from bench.common import (
     Clock,
     Payload,
     arguments,
+    dropping_provider,
     faststream_receive,
     payload,
     print_ratios,
@@ -143,6 +144,20 @@ async def consume_streamlib(bootstrap: str, topic: str, count: int) -> float:
     return await streamlib_receive(streamlib_config(bootstrap, bindings), count)
 
 
+async def consume_streamlib_traced(bootstrap: str, topic: str, count: int) -> float:
+    """streamlib with the OpenTelemetry SDK on: one span per message, exported nowhere."""
+    provider, exporter = dropping_provider()
+    bindings = {"take-in-0": {"destination": topic, "group": f"slt-{uuid.uuid4().hex[:8]}"}}
+    try:
+        elapsed = await streamlib_receive(
+            streamlib_config(bootstrap, bindings), count, tracer_provider=provider
+        )
+    finally:
+        provider.shutdown()
+    assert exporter.exported >= count, f"{exporter.exported} spans of {count} messages"
+    return elapsed
+
+
 async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
     from faststream.kafka import KafkaBroker
 
@@ -167,15 +182,50 @@ PRODUCERS: dict[str, Produce] = {
 CONSUMERS: dict[str, Consume] = {
     "raw aiokafka": consume_raw,
     "streamlib": consume_streamlib,
+    "streamlib traced": consume_streamlib_traced,
     "faststream": consume_faststream,
 }
 
 
-async def fill(bootstrap: str, count: int) -> str:
-    """A fresh topic holding ``count`` messages as streamlib (and Spring) write them."""
+async def fill(bootstrap: str, count: int, traced: bool = False) -> str:
+    """A fresh topic holding ``count`` messages as streamlib (and Spring) write them; traced:
+    each with the ``traceparent`` of its send span."""
     topic = await create_topic(bootstrap)
-    await produce_streamlib(bootstrap, topic, [payload(n) for n in range(count)])
+    items = [payload(n) for n in range(count)]
+    if not traced:
+        await produce_streamlib(bootstrap, topic, items)
+        return topic
+    provider, _ = dropping_provider()
+    try:
+        await streamlib_send(streamlib_config(bootstrap), topic, items, tracer_provider=provider)
+    finally:
+        provider.shutdown()
     return topic
+
+
+TRACING = ("streamlib", "streamlib traced")
+
+
+async def run_tracing(
+    bootstrap: str, count: int, warmup: int, rounds: int
+) -> dict[str, list[float]]:
+    """Consume rates of streamlib with tracing off and on, interleaved, from a topic without
+    trace context (every span a root) and from one whose records all carry a ``traceparent``
+    (every span continues it)."""
+    topics = {
+        "": await fill(bootstrap, count + 1),
+        " (traceparent)": await fill(bootstrap, count + 1, traced=True),
+    }
+    for topic in topics.values():
+        for name in TRACING:
+            await CONSUMERS[name](bootstrap, topic, warmup)
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, topic in topics.items():
+            for name in TRACING:
+                elapsed = await CONSUMERS[name](bootstrap, topic, count + 1)
+                rates.setdefault(f"consume {name}{label}", []).append(count / elapsed)
+    return rates
 
 
 async def run(
@@ -208,18 +258,32 @@ def report(rates: dict[str, list[float]]) -> None:
     for name, values in rates.items():
         print(f"{name:<24} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
     print_ratios(medians, ("produce", "consume"), "raw aiokafka")
+    for label in ("", " (traceparent)"):
+        off, on = (
+            medians.get(f"consume streamlib{label}"),
+            medians.get(f"consume streamlib traced{label}"),
+        )
+        if off and on:
+            print(f"tracing cost on consume{label}: {(1 - on / off) * 100:.1f}%")
 
 
 def main(argv: list[str]) -> int:
     parser = arguments("python -m bench kafka")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--tracing", action="store_true", help="only streamlib's consume, tracing off vs on"
+    )
+    parser.add_argument(
         "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
     )
     args = parser.parse_args(argv)
     print(f"Kafka at {args.bootstrap}: {args.messages} messages of ~200 bytes")
     if args.profile:
-        profiled(run(args.bootstrap, args.messages, args.warmup, 1, "streamlib"), report)
+        only = "streamlib traced" if args.tracing else "streamlib"
+        profiled(run(args.bootstrap, args.messages, args.warmup, 1, only), report)
+        return 0
+    if args.tracing:
+        report(asyncio.run(run_tracing(args.bootstrap, args.messages, args.warmup, args.rounds)))
         return 0
     report(asyncio.run(run(args.bootstrap, args.messages, args.warmup, args.rounds, None)))
     return 0

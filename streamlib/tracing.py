@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -51,6 +52,7 @@ _OFFSET_ATTRIBUTE = {
 
 B3 = "b3"
 _B3_MULTI = ("X-B3-TraceId", "X-B3-SpanId", "X-B3-Sampled")
+_B3_FIELDS = frozenset({B3, *_B3_MULTI, *(name.lower() for name in _B3_MULTI)})
 
 
 class _HeaderGetter(Getter[Mapping[str, Any]]):
@@ -111,9 +113,17 @@ def _b3_context(headers: Mapping[str, Any]) -> SpanContext | None:
     return SpanContext(tid, sid, is_remote=True, trace_flags=TraceFlags(flags))
 
 
-def extract(headers: Mapping[str, Any]) -> Context:
+def context_fields() -> frozenset[str]:
+    """Every header a trace context can be read from: the configured propagator's and B3's."""
+    return frozenset(propagate.get_global_textmap().fields) | _B3_FIELDS
+
+
+def extract(headers: Mapping[str, Any], fields: frozenset[str] | None = None) -> Context:
     """The trace context a message carries: the configured propagator's (W3C by default),
-    else B3; an empty context when there is none."""
+    else B3; an empty context when there is none. ``fields`` (``context_fields()``) lets a
+    message without any of them skip the propagator."""
+    if not headers or (fields is not None and headers.keys().isdisjoint(fields)):
+        return Context()
     context = propagate.extract(headers, getter=_GETTER)
     if trace.get_current_span(context).get_span_context().is_valid:
         return context
@@ -204,6 +214,7 @@ class TracedDispatcher:
     ) -> None:
         self._tracer = tracer
         self._inner = inner
+        self._fields = context_fields()
         self._name = f"process {destination}"
         self._offset = _OFFSET_ATTRIBUTE.get(system)
         self._attributes: dict[str, Any] = {
@@ -226,15 +237,20 @@ class TracedDispatcher:
         return attributes
 
     async def __call__(self, envelope: Envelope) -> Outcome:
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             self._name,
-            context=extract(envelope.headers),
+            context=extract(envelope.headers, self._fields),
             kind=SpanKind.CONSUMER,
             attributes=self._attributes_of(envelope),
             record_exception=False,
             set_status_on_exception=False,
-        ):
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             return await self._inner(envelope)
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
         with self._tracer.start_as_current_span(
