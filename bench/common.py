@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from pydantic import BaseModel
 
 from streamlib import StreamApp
@@ -75,10 +76,12 @@ class DroppingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def dropping_provider() -> tuple[TracerProvider, DroppingExporter]:
-    """An SDK tracer provider as production wires it (batching processor), exporting nowhere."""
+def dropping_provider(ratio: float = 1.0) -> tuple[TracerProvider, DroppingExporter]:
+    """An SDK tracer provider as production wires it (batching processor), exporting nowhere;
+    below ``ratio`` 1, root spans are sampled at that ratio (children follow their parent)."""
     exporter = DroppingExporter()
-    provider = TracerProvider()
+    sampler = ParentBased(TraceIdRatioBased(ratio)) if ratio < 1 else None
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider, exporter
 

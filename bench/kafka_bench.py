@@ -1,6 +1,7 @@
 """Kafka throughput: streamlib vs the raw aiokafka best pattern vs FastStream.
 
     python -m bench kafka [--messages N] [--warmup N] [--bootstrap HOST:PORT] [--profile]
+                          [--tracing]
 
 Every contender moves the same ~200-byte JSON payload, decoded into (or encoded from) the
 same pydantic model, on the same broker in the same run, after a warm-up round; raw aiokafka
@@ -9,6 +10,8 @@ pipelined sends, then wait for every acknowledgement (acks=all, idempotent, same
 batch size everywhere). Consume: from the first to the last message handled of a pre-filled
 single-partition topic. Contenders run interleaved for ``--rounds`` rounds; the median counts,
 as the machine is shared. ``--profile`` prints a cProfile of streamlib's runs instead.
+``--tracing`` runs only streamlib's consume with tracing off, on (the OpenTelemetry SDK with a
+batching processor and an exporter that drops every span) and sampling 1% of root spans.
 """
 
 from __future__ import annotations
@@ -144,9 +147,12 @@ async def consume_streamlib(bootstrap: str, topic: str, count: int) -> float:
     return await streamlib_receive(streamlib_config(bootstrap, bindings), count)
 
 
-async def consume_streamlib_traced(bootstrap: str, topic: str, count: int) -> float:
-    """streamlib with the OpenTelemetry SDK on: one span per message, exported nowhere."""
-    provider, exporter = dropping_provider()
+async def consume_streamlib_traced(
+    bootstrap: str, topic: str, count: int, ratio: float = 1.0
+) -> float:
+    """streamlib with the OpenTelemetry SDK on: one span per message, exported nowhere (root
+    spans sampled at ``ratio``)."""
+    provider, exporter = dropping_provider(ratio)
     bindings = {"take-in-0": {"destination": topic, "group": f"slt-{uuid.uuid4().hex[:8]}"}}
     try:
         elapsed = await streamlib_receive(
@@ -154,8 +160,14 @@ async def consume_streamlib_traced(bootstrap: str, topic: str, count: int) -> fl
         )
     finally:
         provider.shutdown()
-    assert exporter.exported >= count, f"{exporter.exported} spans of {count} messages"
+    if ratio == 1.0:
+        assert exporter.exported >= count, f"{exporter.exported} spans of {count} messages"
     return elapsed
+
+
+async def consume_streamlib_sampled(bootstrap: str, topic: str, count: int) -> float:
+    """streamlib with the SDK sampling 1% of root spans (``parentbased_traceidratio``)."""
+    return await consume_streamlib_traced(bootstrap, topic, count, ratio=0.01)
 
 
 async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
@@ -183,6 +195,7 @@ CONSUMERS: dict[str, Consume] = {
     "raw aiokafka": consume_raw,
     "streamlib": consume_streamlib,
     "streamlib traced": consume_streamlib_traced,
+    "streamlib sampled 1%": consume_streamlib_sampled,
     "faststream": consume_faststream,
 }
 
@@ -203,7 +216,7 @@ async def fill(bootstrap: str, count: int, traced: bool = False) -> str:
     return topic
 
 
-TRACING = ("streamlib", "streamlib traced")
+TRACING = ("streamlib", "streamlib traced", "streamlib sampled 1%")
 
 
 async def run_tracing(
@@ -259,12 +272,11 @@ def report(rates: dict[str, list[float]]) -> None:
         print(f"{name:<24} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
     print_ratios(medians, ("produce", "consume"), "raw aiokafka")
     for label in ("", " (traceparent)"):
-        off, on = (
-            medians.get(f"consume streamlib{label}"),
-            medians.get(f"consume streamlib traced{label}"),
-        )
-        if off and on:
-            print(f"tracing cost on consume{label}: {(1 - on / off) * 100:.1f}%")
+        off = medians.get(f"consume streamlib{label}")
+        for variant in ("traced", "sampled 1%"):
+            on = medians.get(f"consume streamlib {variant}{label}")
+            if off and on:
+                print(f"cost on consume{label}, {variant}: {(1 - on / off) * 100:.1f}%")
 
 
 def main(argv: list[str]) -> int:
