@@ -69,6 +69,7 @@ async def test_spring_trace_continues_through_streamlib_to_spring(
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text("a\nb\nc\n", encoding="utf-8")
     tracing = {
+        "spring.autoconfigure.exclude": "",
         "management.tracing.propagation.produce": propagation,
         "spring.cloud.stream.kafka.binder.enable-observation": "true",
     }
