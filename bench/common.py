@@ -7,9 +7,12 @@ import asyncio
 import cProfile
 import pstats
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from pydantic import BaseModel
 
 from streamlib import StreamApp
@@ -62,9 +65,35 @@ class Clock:
         return self.last - self.first
 
 
-async def streamlib_send(config: dict[str, Any], destination: str, items: list[Payload]) -> float:
+class DroppingExporter(SpanExporter):
+    """Takes every span and keeps none: what tracing costs without an exporter's I/O."""
+
+    def __init__(self) -> None:
+        self.exported = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def dropping_provider(ratio: float = 1.0) -> tuple[TracerProvider, DroppingExporter]:
+    """An SDK tracer provider as production wires it (batching processor), exporting nowhere;
+    below ``ratio`` 1, root spans are sampled at that ratio (children follow their parent)."""
+    exporter = DroppingExporter()
+    sampler = ParentBased(TraceIdRatioBased(ratio)) if ratio < 1 else None
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider, exporter
+
+
+async def streamlib_send(
+    config: dict[str, Any],
+    destination: str,
+    items: list[Payload],
+    tracer_provider: TracerProvider | None = None,
+) -> float:
     """Seconds to send ``items`` pipelined and then await every confirmation (one sent first)."""
-    app = StreamApp("bench", config=config)
+    app = StreamApp("bench", config=config, tracer_provider=tracer_provider)
     async with app.run():
         output = await app.output(destination)
         await (await output.send(items[0]))
@@ -76,13 +105,18 @@ async def streamlib_send(config: dict[str, Any], destination: str, items: list[P
         return time.perf_counter() - start
 
 
-async def streamlib_receive(config: dict[str, Any], count: int, on: Handler | None = None) -> float:
+async def streamlib_receive(
+    config: dict[str, Any],
+    count: int,
+    on: Handler | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> float:
     """Seconds from the first to the ``count``-th message handled by sink ``take-in-0``.
 
     Without ``on`` the sink only ticks the clock, so no extra call is timed.
     """
     clock = Clock(count)
-    app = StreamApp("bench", config=config)
+    app = StreamApp("bench", config=config, tracer_provider=tracer_provider)
     tick = clock.tick
     if on is None:
 

@@ -1,6 +1,7 @@
 """Kafka throughput: streamlib vs the raw aiokafka best pattern vs FastStream.
 
     python -m bench kafka [--messages N] [--warmup N] [--bootstrap HOST:PORT] [--profile]
+                          [--tracing]
 
 Every contender moves the same ~200-byte JSON payload, decoded into (or encoded from) the
 same pydantic model, on the same broker in the same run, after a warm-up round; raw aiokafka
@@ -9,6 +10,8 @@ pipelined sends, then wait for every acknowledgement (acks=all, idempotent, same
 batch size everywhere). Consume: from the first to the last message handled of a pre-filled
 single-partition topic. Contenders run interleaved for ``--rounds`` rounds; the median counts,
 as the machine is shared. ``--profile`` prints a cProfile of streamlib's runs instead.
+``--tracing`` runs only streamlib's consume with tracing off, on (the OpenTelemetry SDK with a
+batching processor and an exporter that drops every span) and sampling 1% of root spans.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from bench.common import (
     Clock,
     Payload,
     arguments,
+    dropping_provider,
     faststream_receive,
     payload,
     print_ratios,
@@ -150,6 +154,29 @@ async def consume_streamlib_metrics(bootstrap: str, topic: str, count: int) -> f
     return await streamlib_receive(config, count)
 
 
+async def consume_streamlib_traced(
+    bootstrap: str, topic: str, count: int, ratio: float = 1.0
+) -> float:
+    """streamlib with the OpenTelemetry SDK on: one span per message, exported nowhere (root
+    spans sampled at ``ratio``)."""
+    provider, exporter = dropping_provider(ratio)
+    bindings = {"take-in-0": {"destination": topic, "group": f"slt-{uuid.uuid4().hex[:8]}"}}
+    try:
+        elapsed = await streamlib_receive(
+            streamlib_config(bootstrap, bindings), count, tracer_provider=provider
+        )
+    finally:
+        provider.shutdown()
+    if ratio == 1.0:
+        assert exporter.exported >= count, f"{exporter.exported} spans of {count} messages"
+    return elapsed
+
+
+async def consume_streamlib_sampled(bootstrap: str, topic: str, count: int) -> float:
+    """streamlib with the SDK sampling 1% of root spans (``parentbased_traceidratio``)."""
+    return await consume_streamlib_traced(bootstrap, topic, count, ratio=0.01)
+
+
 async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
     from faststream.kafka import KafkaBroker
 
@@ -175,15 +202,51 @@ CONSUMERS: dict[str, Consume] = {
     "raw aiokafka": consume_raw,
     "streamlib": consume_streamlib,
     "streamlib + metrics": consume_streamlib_metrics,
+    "streamlib traced": consume_streamlib_traced,
+    "streamlib sampled 1%": consume_streamlib_sampled,
     "faststream": consume_faststream,
 }
 
 
-async def fill(bootstrap: str, count: int) -> str:
-    """A fresh topic holding ``count`` messages as streamlib (and Spring) write them."""
+async def fill(bootstrap: str, count: int, traced: bool = False) -> str:
+    """A fresh topic holding ``count`` messages as streamlib (and Spring) write them; traced:
+    each with the ``traceparent`` of its send span."""
     topic = await create_topic(bootstrap)
-    await produce_streamlib(bootstrap, topic, [payload(n) for n in range(count)])
+    items = [payload(n) for n in range(count)]
+    if not traced:
+        await produce_streamlib(bootstrap, topic, items)
+        return topic
+    provider, _ = dropping_provider()
+    try:
+        await streamlib_send(streamlib_config(bootstrap), topic, items, tracer_provider=provider)
+    finally:
+        provider.shutdown()
     return topic
+
+
+TRACING = ("streamlib", "streamlib traced", "streamlib sampled 1%")
+
+
+async def run_tracing(
+    bootstrap: str, count: int, warmup: int, rounds: int
+) -> dict[str, list[float]]:
+    """Consume rates of streamlib with tracing off and on, interleaved, from a topic without
+    trace context (every span a root) and from one whose records all carry a ``traceparent``
+    (every span continues it)."""
+    topics = {
+        "": await fill(bootstrap, count + 1),
+        " (traceparent)": await fill(bootstrap, count + 1, traced=True),
+    }
+    for topic in topics.values():
+        for name in TRACING:
+            await CONSUMERS[name](bootstrap, topic, warmup)
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, topic in topics.items():
+            for name in TRACING:
+                elapsed = await CONSUMERS[name](bootstrap, topic, count + 1)
+                rates.setdefault(f"consume {name}{label}", []).append(count / elapsed)
+    return rates
 
 
 async def run(
@@ -216,18 +279,31 @@ def report(rates: dict[str, list[float]]) -> None:
     for name, values in rates.items():
         print(f"{name:<24} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
     print_ratios(medians, ("produce", "consume"), "raw aiokafka")
+    for label in ("", " (traceparent)"):
+        off = medians.get(f"consume streamlib{label}")
+        for variant in ("traced", "sampled 1%"):
+            on = medians.get(f"consume streamlib {variant}{label}")
+            if off and on:
+                print(f"cost on consume{label}, {variant}: {(1 - on / off) * 100:.1f}%")
 
 
 def main(argv: list[str]) -> int:
     parser = arguments("python -m bench kafka")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--tracing", action="store_true", help="only streamlib's consume, tracing off vs on"
+    )
+    parser.add_argument(
         "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
     )
     args = parser.parse_args(argv)
     print(f"Kafka at {args.bootstrap}: {args.messages} messages of ~200 bytes")
     if args.profile:
-        profiled(run(args.bootstrap, args.messages, args.warmup, 1, "streamlib"), report)
+        only = "streamlib traced" if args.tracing else "streamlib"
+        profiled(run(args.bootstrap, args.messages, args.warmup, 1, only), report)
+        return 0
+    if args.tracing:
+        report(asyncio.run(run_tracing(args.bootstrap, args.messages, args.warmup, args.rounds)))
         return 0
     report(asyncio.run(run(args.bootstrap, args.messages, args.warmup, args.rounds, None)))
     return 0

@@ -13,6 +13,7 @@ from .binder import ACK, Outcome
 from .converters import PayloadDecoder
 from .messages import Envelope, Message
 from .retry import Failure, RetryPolicy
+from .tracing import record_failure
 
 log = logging.getLogger("streamlib.consumer")
 
@@ -83,6 +84,7 @@ class HandlerDispatcher:
 
     def _give_up(self, where: str, failure: Failure) -> Outcome:
         self._metrics.failed += 1
+        record_failure(failure.exception)
         if self._dlq:
             self._metrics.dead_lettered += 1
             log.warning(

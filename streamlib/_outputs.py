@@ -20,6 +20,7 @@ from .converters import encode
 from .errors import ConfigError, MessageConversionError
 from .messages import CONTENT_TYPE, Envelope, Message
 from .partitioning import PartitionSelector, default_partition_selector, select_partition
+from .tracing import TracedSend
 
 log = logging.getLogger("streamlib.app")
 
@@ -113,11 +114,13 @@ class Output:
         props: BindingProperties,
         producer: Producer,
         metrics: DestinationMetrics | None = None,
+        traced: TracedSend | None = None,
     ) -> None:
         self.name = name
         self.destination = props.destination or name
         self.producer = producer
         self._metrics = metrics
+        self._traced = traced
         self._content_type = props.content_type
         pprops = props.producer
         self._partition_count = pprops.partition_count
@@ -160,8 +163,12 @@ class Output:
     async def send(
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> Awaitable[None]:
+        envelope = self.envelope(payload, key, headers)
         try:
-            confirm = await self.producer.send(self.envelope(payload, key, headers))
+            if self._traced is None:
+                confirm = await self.producer.send(envelope)
+            else:
+                confirm = await self._traced.send(self.producer, envelope)
         except Exception:
             if self._metrics is not None:
                 self._metrics.send_failures += 1

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from opentelemetry.trace import TracerProvider
 from pydantic import BaseModel
 
 from . import _logs, _metrics, config_server
@@ -49,6 +50,7 @@ from .refresh import (
     overrides_tree,
 )
 from .retry import RetryPolicy
+from .tracing import Tracing
 
 log = logging.getLogger("streamlib.app")
 
@@ -96,13 +98,21 @@ class StreamApp:
 
     Configuration is read when the app starts: ``config`` (a mapping or a YAML path), else
     ``$STREAMLIB_CONFIG`` or ``./streamlib.yaml``, then ``STREAMLIB_*`` environment variables.
+    Sends and handled messages are traced with ``tracer_provider``, else OpenTelemetry's
+    global provider, when it is an SDK's (see docs/operating.md).
     """
 
     def __init__(
-        self, name: str | None = None, *, config: Mapping[str, Any] | str | Path | None = None
+        self,
+        name: str | None = None,
+        *,
+        config: Mapping[str, Any] | str | Path | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.name = name
         self._config_source = config
+        self._tracer_provider = tracer_provider
+        self._tracing: Tracing | None = None
         self._handlers: dict[str, Handler] = {}
         self._config: StreamConfig | None = None
         self._binders: dict[str, Binder] = {}
@@ -409,12 +419,19 @@ class StreamApp:
             if hint:
                 raise ConfigError(f"bindings.{name}", "no handler consumes this binding" + hint)
 
+    def _messaging_system(self, binding: str, props: BindingProperties, binder: Binder) -> str:
+        return getattr(binder, "messaging_system", "") or self._binder_for(binding, props)[1]
+
     async def _output(self, name: str, props: BindingProperties) -> Output:
         binder = self._binder(name, props)
         destination = props.destination or name
         spec = ProducerSpec(name, destination, props.producer)
         metrics = self._metrics.destination(destination) if self._metrics is not None else None
-        return Output(name, props, await binder.bind_producer(spec), metrics)
+        traced = None
+        if self._tracing is not None:
+            system = self._messaging_system(name, props, binder)
+            traced = self._tracing.producer(spec.destination, system)
+        return Output(name, props, await binder.bind_producer(spec), metrics, traced)
 
     async def _bind_dynamic(self, destination: str) -> Output:
         return await self._output(destination, self.config.binding(destination))
@@ -513,6 +530,7 @@ class StreamApp:
                 raise ConfigError(exc.key, f"{exc.reason} (set by {origin})") from None
             raise blame_environment(exc, os.environ) from None
         self._supervisor.reset()
+        self._tracing = Tracing.create(self._tracer_provider)
         self._dynamic = DynamicOutputs(
             self._bind_dynamic, self.config.dynamic_destination_cache_size
         )
@@ -558,9 +576,14 @@ class StreamApp:
                     else consumer.instance_count,
                 )
                 binder = self._binder(name, p)
-                dispatcher = self._dispatchers[name] = self._dispatcher(handler, name, p)
-                observed = self._observed(name, dispatcher)
-                binding = await binder.bind_consumer(spec, observed)
+                handling = self._dispatchers[name] = self._dispatcher(handler, name, p)
+                dispatcher: Dispatcher = self._observed(name, handling)
+                if self._tracing is not None:
+                    system = self._messaging_system(name, p, binder)
+                    dispatcher = self._tracing.consumer(
+                        dispatcher, spec.destination, spec.group, system
+                    )
+                binding = await binder.bind_consumer(spec, dispatcher)
                 self._bindings[name] = ManagedBinding(binding, consumer.auto_startup)
             for handler in self._handlers.values():
                 if handler.kind is Kind.SOURCE:

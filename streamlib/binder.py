@@ -19,7 +19,7 @@ import importlib.metadata
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from .config import ConsumerProperties, ProducerProperties, redact_url, validate
 from .dlq.letters import (
@@ -260,6 +260,10 @@ class Binder(Protocol):
 
 class BaseBinder:
     """Optional base class: ``async with`` support and an empty health report."""
+
+    messaging_system: ClassVar[str] = ""
+    """The broker's OpenTelemetry ``messaging.system`` value (``kafka``, ``rabbitmq``) for
+    spans; empty: the binder's type name is used."""
 
     def health(self) -> Mapping[str, Any]:
         return {}

@@ -50,7 +50,8 @@ class Envelope:
     """A message in wire form.
 
     ``offset`` is the Kafka offset or the RabbitMQ delivery tag; ``timestamp`` is in epoch
-    seconds. Binders fill in what they know; the core reads ``headers[CONTENT_TYPE]``.
+    seconds; ``message_id`` is the broker's message id where it has one (the AMQP property).
+    Binders fill in what they know; the core reads ``headers[CONTENT_TYPE]``.
     """
 
     body: bytes
@@ -61,6 +62,7 @@ class Envelope:
     offset: int | None = None
     timestamp: float | None = None
     extras: Mapping[Attribute[Any], Any] | None = None
+    message_id: str | None = None
 
 
 class Message(Generic[T]):

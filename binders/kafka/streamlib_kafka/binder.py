@@ -35,6 +35,8 @@ from .settings import (
 class KafkaBinder(BaseBinder):
     """Binder ``type: kafka``: one shared producer, one consumer per consumer binding."""
 
+    messaging_system = "kafka"
+
     def __init__(self, settings: Mapping[str, Any], context: BinderContext) -> None:
         self._key = f"binders.{context.binder_name}"
         self.settings = validate(KafkaBinderSettings, dict(settings), self._key)

@@ -53,6 +53,8 @@ def ssl_context(
 class RabbitBinder(BaseBinder):
     """Binder ``type: rabbit``. Settings: see ``RabbitBinderSettings``."""
 
+    messaging_system = "rabbitmq"
+
     def __init__(self, settings: Mapping[str, Any], context: BinderContext) -> None:
         timestamps.install()
         self._key = f"binders.{context.binder_name}"

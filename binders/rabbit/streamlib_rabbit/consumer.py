@@ -96,6 +96,7 @@ def envelope_of(
         _tag(message),
         stamp.timestamp() if stamp is not None else None,
         DeliveryExtras(message, queue),
+        props.message_id,
     )
 
 

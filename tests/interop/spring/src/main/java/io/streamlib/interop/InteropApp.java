@@ -8,8 +8,12 @@ import java.util.List;
 import java.util.Map;
 import java.util.function.Consumer;
 
+import io.micrometer.tracing.Span;
+import io.micrometer.tracing.Tracer;
+
 import org.springframework.amqp.core.DeclarableCustomizer;
 import org.springframework.amqp.core.Queue;
+import org.springframework.beans.factory.ObjectProvider;
 import org.springframework.beans.factory.annotation.Value;
 import org.springframework.boot.ApplicationRunner;
 import org.springframework.boot.SpringApplication;
@@ -25,7 +29,8 @@ import org.springframework.messaging.Message;
 /**
  * One Spring Cloud Stream application whose role is chosen by the Spring profile (which sets
  * {@code interop.mode}): producer, consumer, failing (always throws, so the binder dead-letters)
- * or bus (a Spring Cloud Bus node).
+ * or bus (a Spring Cloud Bus node). The consumer records the trace id current while it
+ * handles a message.
  */
 @SpringBootApplication
 public class InteropApp {
@@ -70,8 +75,13 @@ public class InteropApp {
 
 	@Bean
 	@ConditionalOnProperty(name = "interop.mode", havingValue = "consumer")
-	public Consumer<Message<Order>> sink(Recorder recorder) {
-		return message -> recorder.write(received("received", message));
+	public Consumer<Message<Order>> sink(Recorder recorder, ObjectProvider<Tracer> tracer) {
+		return message -> {
+			Map<String, Object> line = received("received", message);
+			Span span = tracer.getIfAvailable(() -> Tracer.NOOP).currentSpan();
+			line.put("traceId", span == null ? null : span.context().traceId());
+			recorder.write(line);
+		};
 	}
 
 	@Bean
