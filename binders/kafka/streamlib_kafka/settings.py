@@ -50,7 +50,9 @@ class KafkaProducerDefaults(_Model):
 
     acks: Literal["all", 0, 1] = "all"
     enable_idempotence: bool = True
-    linger_ms: int = Field(5, ge=0)
+    linger_ms: int = Field(0, ge=0)
+    """Wait before sending a batch; 0 sends at once, and records that arrive while a request
+    is in flight still go out together in the next one."""
     batch_size: int = Field(65536, ge=1)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     request_timeout_ms: int = Field(30000, ge=1)
