@@ -122,7 +122,6 @@ class StreamApp:
         self._started = False
         self._stopping = False
 
-    # -- declaration ---------------------------------------------------------------------
 
     def _register(self, handler: Handler) -> None:
         if handler.name in self._handlers:
@@ -229,7 +228,6 @@ class StreamApp:
             bindings[key] = deep_merge(defaults, bindings.get(key) or {})
         return cfg.model_copy(update={"bindings": bindings})
 
-    # -- state ---------------------------------------------------------------------------
 
     @property
     def config(self) -> StreamConfig:
@@ -321,7 +319,6 @@ class StreamApp:
         """Wait until a task the app owns (a source) died; ``health()`` says which and why."""
         await self._supervisor.wait_failed()
 
-    # -- binders -------------------------------------------------------------------------
 
     def _binder_for(
         self, binding: str, props: BindingProperties
@@ -364,7 +361,6 @@ class StreamApp:
             binder = self._binders[name] = factory(settings, context)
         return binder
 
-    # -- lifecycle -----------------------------------------------------------------------
 
     def _validate(self) -> dict[str, BindingProperties]:
         """Every binding's settings, validated before anything connects."""
@@ -708,7 +704,6 @@ class StreamApp:
         for what, exc in self._supervisor.failures.items():
             raise StreamlibError(f"{what} died: {type(exc).__name__}: {exc}") from exc
 
-    # -- live configuration ----------------------------------------------------------------
 
     def settings(self, prefix: str, model: type[M]) -> Settings[M]:
         """The top-level section ``prefix`` of the configuration, validated as ``model``.
@@ -757,7 +752,6 @@ class StreamApp:
         await self._live.notify(result)
         return result
 
-    # -- sending -------------------------------------------------------------------------
 
     async def send(
         self,
