@@ -103,7 +103,6 @@ class StreamApp:
     def __init__(
         self, name: str | None = None, *, config: Mapping[str, Any] | str | Path | None = None
     ) -> None:
-        self.name = name
         self._handlers: dict[str, Handler] = {}
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, Output] = {}
@@ -121,6 +120,16 @@ class StreamApp:
         self._management: ManagementServer | None = None
         self._started = False
         self._stopping = False
+
+    @property
+    def name(self) -> str | None:
+        """The application name given in code, used when the configuration sets none."""
+        return self._live.name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._live.name = value
+        self._live.invalidate()
 
     def _register(self, handler: Handler) -> None:
         if handler.name in self._handlers:

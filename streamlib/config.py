@@ -331,7 +331,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+def set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` in ``target``, creating sections (or replacing a scalar in the
+    way) as needed; an existing key keeps its spelling."""
     node = target
     for i, part in enumerate(path):
         existing = find_key(node, part)
@@ -451,7 +453,7 @@ def env_overrides(
             value = yaml.safe_load(environ[name])
         except yaml.YAMLError:
             value = environ[name]
-        _set_path(out, path, value)
+        set_path(out, path, value)
     return out
 
 

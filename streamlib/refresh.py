@@ -1,14 +1,15 @@
 """Live configuration: layered sources, refreshable settings, and what a refresh changed.
 
-Layers, later ones winning: defaults that extensions declare in code (the Bus's binding),
-the YAML file or mapping, a Config Server's property sources (fetched by the app at start and
-at each refresh), ``STREAMLIB_*`` environment variables, then overrides set at run time (a Bus
-environment change). Top-level keys that only the Config Server sets and that neither
-streamlib nor a settings section knows (a Java service's keys in a shared repository) are kept
-but not validated. Settings sections declared with ``app.settings(prefix,
-Model)`` are validated from their own top-level section; between refreshes they are frozen,
-and a refresh replaces them with new objects. Consumer retry settings take effect at once;
-every other binding or binder setting is reported as needing a restart.
+Layers, later ones winning: binding defaults that features declare in code (the Bus's and the
+Saga's bindings), the YAML file or mapping, a Config Server's property sources (fetched by the
+app at start and at each refresh), ``STREAMLIB_*`` environment variables, then overrides set at
+run time (a Bus environment change). Top-level keys that only the Config Server sets and that
+neither streamlib nor a settings section knows (a Java service's keys in a shared repository)
+are kept but not validated. Settings sections declared with ``app.settings(prefix, Model)``
+(user code and streamlib's features alike) are validated from their own top-level section;
+between refreshes they are frozen, and a refresh replaces them with new objects. A refresh is
+computed as a value (``LiveConfig.reload``) that the app applies: consumer retry settings take
+effect at once; every other binding or binder setting is reported as needing a restart.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .config import (
     lookup,
     normalize_key,
     raw_config,
+    set_path,
     validate,
 )
 from .errors import ConfigError
@@ -88,7 +90,7 @@ class Settings(Generic[M]):
         self,
         prefix: str,
         model: type[M],
-        load: LiveConfig,
+        live: LiveConfig,
         live_keys: Collection[str] | None = None,
     ) -> None:
         self.prefix = prefix
@@ -96,14 +98,14 @@ class Settings(Generic[M]):
         self.live_keys = None if live_keys is None else tuple(live_keys)
         """Keys of the section a refresh applies; None: all of them."""
         self._frozen = _frozen(model)
-        self._live = load
+        self._live = live
         self._value: M | None = None
 
     @property
     def value(self) -> M:
         """The settings in force (configuration is read on first access)."""
         if self._value is None:
-            self._live.config  # noqa: B018 (reading it loads the configuration)
+            _ = self._live.config  # reading it loads the configuration
         assert self._value is not None
         return self._value
 
@@ -170,13 +172,7 @@ def overrides_tree(values: Mapping[str, Any]) -> dict[str, Any]:
         parts = [normalize_key(p) for p in str(key).split(".") if p]
         if not parts:
             raise ConfigError(str(key), "an empty key cannot be set")
-        node = tree
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
+        set_path(tree, parts, value)
     return tree
 
 
