@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..app import StreamApp
-from .settings import SagaSettings
+from .settings import saga_settings
 from .sqlite_store import SqliteSagaStore
 from .store import SagaStore
 
@@ -51,5 +51,5 @@ def store_from(location: str, schema: str | None = None) -> SagaStore:
 def config_store(app: StreamApp) -> SagaStore:
     """The store configured by ``saga.store`` (a SQLite file path or a PostgreSQL URL; default
     ``saga.db``) and ``saga.schema`` (PostgreSQL only)."""
-    settings = app.settings("saga", SagaSettings).value
+    settings = saga_settings(app)
     return store_from(settings.store or DEFAULT_STORE_PATH, settings.schema_)

@@ -42,7 +42,7 @@ from . import headers as h
 from ._support import config_store, header_text, identifier, named
 from .definition import Backoff, Local, Remote, Saga, Step, StepFailed
 from .events import DEFAULT_EVENTS_DESTINATION, SagaEvent, SagaEventType
-from .settings import SagaSettings
+from .settings import saga_settings
 from .store import HistoryEntry, SagaRecord, SagaState, SagaStore, StaleSagaError, Wait
 
 log = logging.getLogger("streamlib.saga")
@@ -93,8 +93,7 @@ class Orchestrator:
         self.reply_destination = reply_destination or f"{base}.saga-replies"
         self._events_destination = events_destination
         self._store = store
-        self._section = app.settings("saga", SagaSettings)
-        configured = self._section.value
+        configured = saga_settings(app)
         self.instance = str(
             instance
             or configured.instance
@@ -155,7 +154,7 @@ class Orchestrator:
     @property
     def events_destination(self) -> str:
         if self._events_destination is None:
-            configured = self._section.value.events_destination
+            configured = saga_settings(self.app).events_destination
             self._events_destination = configured or DEFAULT_EVENTS_DESTINATION
         return self._events_destination
 

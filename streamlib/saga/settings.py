@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from ..models import SettingsModel
+
+if TYPE_CHECKING:
+    from ..app import StreamApp
 
 
 class SagaSettings(SettingsModel):
@@ -23,3 +28,9 @@ class SagaSettings(SettingsModel):
     """Seconds finished sagas are kept; default forever."""
     events_destination: str | None = None
     """Where saga lifecycle events go."""
+
+
+def saga_settings(app: StreamApp) -> SagaSettings:
+    """The app's ``saga:`` section, declared on it; its keys are read once, so a change is
+    reported by a refresh as needing a restart."""
+    return app.settings("saga", SagaSettings, live_keys=()).value
