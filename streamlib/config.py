@@ -5,6 +5,8 @@ then ``STREAMLIB_*`` environment variables with ``__`` between nested keys
 (``STREAMLIB_BINDINGS__BILL_IN_0__GROUP=billing``). Keys are kebab-case; in environment names
 ``_`` stands for ``-``. Validation errors name the dotted key path. Binder sections and binding
 ``consumer``/``producer`` sections may hold broker-specific keys, which the binder validates.
+Top-level keys are normalised when read; ``StreamConfig`` holds the core keys, and each other
+section is validated by the model its feature declares (``SECTIONS``, ``app.settings``).
 """
 
 from __future__ import annotations
