@@ -34,7 +34,6 @@ from .config import (
     ManagementProperties,
     StreamConfig,
     blame_environment,
-    deep_merge,
     did_you_mean,
     find_key,
     normalize_key,
@@ -48,7 +47,6 @@ from .refresh import (
     RefreshListener,
     RefreshResult,
     Settings,
-    overrides_tree,
 )
 from .retry import RetryPolicy
 
@@ -190,9 +188,8 @@ class StreamApp:
         before the app starts; errors in them name ``origin`` (``streamlib run --set``)."""
         if self._running:
             raise StreamlibError("configuration can only be overridden before the app starts")
-        self._live.overrides = deep_merge(self._live.overrides, overrides_tree(values))
+        self._live.override(values)
         self._override_origin = (frozenset(normalize_key(k) for k in values), origin)
-        self._live.invalidate()
 
     def binding_defaults(self, binding: str, settings: BindingDefaults) -> None:
         """Settings of ``bindings.<binding>`` that apply where configuration sets none.

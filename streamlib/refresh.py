@@ -224,6 +224,11 @@ class LiveConfig:
         assert self._config is not None
         return self._config
 
+    def override(self, values: Mapping[str, Any]) -> None:
+        """Set dotted keys over every other layer, from the next read on."""
+        self.overrides = deep_merge(self.overrides, overrides_tree(values))
+        self.invalidate()
+
     def invalidate(self) -> None:
         """Read the configuration again on next access (a source or default changed)."""
         self._config = None
