@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .config import load_config
+from .config import ManagementProperties, load_section
 from .errors import StreamlibError
 
 TIMEOUT = 30.0
@@ -25,7 +25,7 @@ def endpoint_url(args: argparse.Namespace) -> str:
     ``STREAMLIB_MANAGEMENT__*``); StreamlibError when neither sets a port."""
     if args.url:
         return str(args.url).rstrip("/")
-    management = load_config(args.config).management
+    management = load_section(args.config, "management", ManagementProperties)
     if not management.port:
         raise StreamlibError(
             "no management endpoint to talk to: pass --url http://HOST:PORT, or set "

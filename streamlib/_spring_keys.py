@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .config import set_path
+
 log = logging.getLogger("streamlib.config_server")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -117,19 +119,9 @@ def to_streamlib(flat: Mapping[str, Any]) -> dict[str, Any]:
         name, item = mapped
         if name.endswith("required-groups") and isinstance(item, str):
             item = [g.strip() for g in item.split(",") if g.strip()]
-        _put(tree, name.split("."), item)
+        set_path(tree, name.split("."), item)
     out: dict[str, Any] = _lists(tree)
     return out
-
-
-def _put(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[path[-1]] = value
 
 
 def _lists(node: Any) -> Any:

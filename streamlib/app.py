@@ -32,22 +32,22 @@ from .binder import (
 )
 from .config import (
     BindingProperties,
+    ManagementProperties,
     StreamConfig,
     blame_environment,
-    deep_merge,
     did_you_mean,
+    find_key,
     normalize_key,
 )
 from .converters import PayloadDecoder
 from .errors import ConfigError, ConfigServerError, StreamlibError
 from .messages import Message
 from .refresh import (
-    DefaultsProvider,
+    BindingDefaults,
     LiveConfig,
     RefreshListener,
     RefreshResult,
     Settings,
-    overrides_tree,
 )
 from .retry import RetryPolicy
 from .tracing import Tracing
@@ -109,20 +109,17 @@ class StreamApp:
         config: Mapping[str, Any] | str | Path | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
-        self.name = name
-        self._config_source = config
         self._tracer_provider = tracer_provider
         self._tracing: Tracing | None = None
         self._handlers: dict[str, Handler] = {}
-        self._config: StreamConfig | None = None
         self._binders: dict[str, Binder] = {}
         self._outputs: dict[str, Output] = {}
         self._dynamic = DynamicOutputs(self._bind_dynamic, 1)
         self._bindings: dict[str, ManagedBinding] = {}
         self._supervisor = Supervisor()
         self._running = False
-        self._binding_defaults: dict[str, dict[str, Any]] = {}
-        self._live = LiveConfig(lambda: self.config)
+        self._live = LiveConfig(config, name)
+        self._management_settings = self._live.settings("management", ManagementProperties, ())
         self._dispatchers: dict[str, HandlerDispatcher] = {}
         self._error_listeners: list[ErrorListener] = []
         self._binder_override: tuple[str, dict[str, Any]] | None = None
@@ -132,7 +129,15 @@ class StreamApp:
         self._started = False
         self._stopping = False
 
-    # -- declaration ---------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        """The application name given in code, used when the configuration sets none."""
+        return self._live.name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        self._live.name = value
+        self._live.invalidate()
 
     def _register(self, handler: Handler) -> None:
         if handler.name in self._handlers:
@@ -185,31 +190,28 @@ class StreamApp:
         """Read configuration from ``source`` instead (before the app starts)."""
         if self._running:
             raise StreamlibError("configuration can only be replaced before the app starts")
-        self._config_source = source
-        self._config = None
+        self._live.source = source
+        self._live.invalidate()
 
     def override_config(self, values: Mapping[str, Any], origin: str = "code") -> None:
         """Set dotted keys (``bindings.bill-in-0.group``) over the file and the environment,
         before the app starts; errors in them name ``origin`` (``streamlib run --set``)."""
         if self._running:
             raise StreamlibError("configuration can only be overridden before the app starts")
-        self._live._overrides = deep_merge(self._live._overrides, overrides_tree(values))
+        self._live.override(values)
         self._override_origin = (frozenset(normalize_key(k) for k in values), origin)
-        self._config = None
 
-    def binding_defaults(self, binding: str, settings: Mapping[str, Any]) -> None:
+    def binding_defaults(self, binding: str, settings: BindingDefaults) -> None:
         """Settings of ``bindings.<binding>`` that apply where configuration sets none.
 
         Features built on the app (Saga, Bus) give their bindings a destination and group
-        this way; the configuration file and environment still override them.
+        this way; the configuration file and environment still override them. ``settings``
+        is a mapping, or a function of the raw configuration that returns one (the Bus
+        derives its bindings' from ``bus.*``), called at every read of the configuration.
         """
         if self._running:
             raise StreamlibError("binding defaults must be set before the app starts")
-        self._binding_defaults[binding] = dict(settings)
-        self._config = None
-
-    def _load_config(self, served: Mapping[str, Any] | None = None) -> StreamConfig:
-        return self._with_binding_defaults(self._live.load(self._config_source, self.name, served))
+        self._live.binding_defaults(binding, settings if callable(settings) else dict(settings))
 
     async def _fetch_served(self, *, starting: bool) -> dict[str, Any]:
         """The Config Server's layer, fetched now ({} when none is configured).
@@ -217,7 +219,7 @@ class StreamApp:
         At start-up ``fail-fast`` retries on Spring's schedule and ``optional`` starts on local
         configuration with a warning; a refresh asks once. Raises ConfigServerError otherwise.
         """
-        local = self._live.local(self._config_source, self.name)
+        local = self._live.local()
         settings = config_server.settings_from(local)
         if settings is None:
             return {}
@@ -230,23 +232,10 @@ class StreamApp:
             log.warning("%s; starting on local configuration (config-server.optional)", exc)
             return {}
 
-    def _with_binding_defaults(self, cfg: StreamConfig) -> StreamConfig:
-        if not self._binding_defaults:
-            return cfg
-        bindings = dict(cfg.bindings)
-        for name, defaults in self._binding_defaults.items():
-            key = next((k for k in bindings if normalize_key(k) == normalize_key(name)), name)
-            bindings[key] = deep_merge(defaults, bindings.get(key) or {})
-        return cfg.model_copy(update={"bindings": bindings})
-
-    # -- state ---------------------------------------------------------------------------
-
     @property
     def config(self) -> StreamConfig:
         """The configuration in force (read at start, or on first access)."""
-        if self._config is None:
-            self._config = self._load_config()
-        return self._config
+        return self._live.config
 
     @property
     def bindings(self) -> Mapping[str, Binding]:
@@ -331,8 +320,6 @@ class StreamApp:
         """Wait until a task the app owns (a source) died; ``health()`` says which and why."""
         await self._supervisor.wait_failed()
 
-    # -- binders -------------------------------------------------------------------------
-
     def _binder_for(
         self, binding: str, props: BindingProperties
     ) -> tuple[str, str, dict[str, Any], str]:
@@ -356,12 +343,11 @@ class StreamApp:
             )
         else:
             return DEFAULT_BINDER_TYPE, DEFAULT_BINDER_TYPE, {}, "default-binder"
-        settings = next(
-            (s for n, s in cfg.binders.items() if normalize_key(n) == normalize_key(name)), None
-        )
-        if settings is None:
+        found = find_key(cfg.binders, name)
+        if found is None:
             # A bare type name works without a binders section, as in Spring.
             return name, name, {}, key
+        settings = cfg.binders[found]
         return name, settings.type or name, settings.settings, f"binders.{name}.type"
 
     def _binder(self, binding: str, props: BindingProperties) -> Binder:
@@ -373,8 +359,6 @@ class StreamApp:
             context = BinderContext(cfg.name, cfg.instance_index, cfg.instance_count, name)
             binder = self._binders[name] = factory(settings, context)
         return binder
-
-    # -- lifecycle -----------------------------------------------------------------------
 
     def _validate(self) -> dict[str, BindingProperties]:
         """Every binding's settings, validated before anything connects."""
@@ -520,7 +504,7 @@ class StreamApp:
         if self._running:
             return
         try:
-            self._config = self._load_config(await self._fetch_served(starting=True))
+            self._live.load(await self._fetch_served(starting=True))
             props = self._validate()
         except ConfigServerError:
             raise
@@ -534,7 +518,7 @@ class StreamApp:
         self._dynamic = DynamicOutputs(
             self._bind_dynamic, self.config.dynamic_destination_cache_size
         )
-        management = self.config.management
+        management = self._management_settings.value
         if management.enabled:
             check_installed()
         self._running = True
@@ -544,7 +528,7 @@ class StreamApp:
             roles.update({h.input_binding: "consumer" for h in self._handlers.values()})
             log_banner(
                 cfg.name,
-                self._config_source,
+                self._live.source,
                 {name: (p, roles.get(name, "configured")) for name, p in props.items()},
                 self._binder_for,
                 (cfg.instance_index, cfg.instance_count),
@@ -731,25 +715,17 @@ class StreamApp:
         for what, exc in self._supervisor.failures.items():
             raise StreamlibError(f"{what} died: {type(exc).__name__}: {exc}") from exc
 
-    # -- live configuration ----------------------------------------------------------------
-
-    def settings(self, prefix: str, model: type[M]) -> Settings[M]:
+    def settings(
+        self, prefix: str, model: type[M], live_keys: Collection[str] | None = None
+    ) -> Settings[M]:
         """The top-level section ``prefix`` of the configuration, validated as ``model``.
 
-        ``.value`` is frozen between refreshes; ``refresh()`` replaces it with the new values.
+        This is how every feature declares its section (the Bus ``bus``, the Saga helpers
+        ``saga``); errors name ``<prefix>.<key>``. ``.value`` is frozen between refreshes;
+        ``refresh()`` replaces it with the new values. ``live_keys`` (``fnmatch`` patterns
+        within the section) are the keys a refresh applies without a restart; by default all.
         """
-        return self._live.settings(prefix, model)
-
-    def add_config_defaults(
-        self, provider: DefaultsProvider, live_keys: Collection[str] = ()
-    ) -> None:
-        """Add defaults computed from the configuration, under every other source.
-
-        Features built on the app (the Bus) derive their bindings' settings from their own
-        keys this way. ``live_keys`` (``fnmatch`` patterns) are keys a refresh applies live.
-        """
-        self._live.add_defaults(provider, live_keys)
-        self._config = None
+        return self._live.settings(prefix, model, live_keys)
 
     def on_refresh(self, fn: L) -> L:
         """Call ``fn(changed_keys)`` (plain or ``async``) after every applied refresh; the keys
@@ -768,19 +744,14 @@ class StreamApp:
         reached.
         """
         served = await self._fetch_served(starting=False)
-        config, result = self._live.reload(
-            self._config_source,
-            self.name,
-            overrides,
-            self._dispatchers,
-            self._with_binding_defaults,
-            served,
-        )
-        self._config = config
-        await self._live.notify(result)
-        return result
-
-    # -- sending -------------------------------------------------------------------------
+        reloaded = self._live.reload(overrides, self._dispatchers.keys(), served)
+        self._live.apply(reloaded)
+        for binding, policy in reloaded.policies.items():
+            dispatcher = self._dispatchers[binding]
+            if dispatcher.policy != policy:
+                dispatcher.policy = policy
+        await self._live.notify(reloaded.result)
+        return reloaded.result
 
     async def send(
         self,

@@ -5,11 +5,14 @@ then ``STREAMLIB_*`` environment variables with ``__`` between nested keys
 (``STREAMLIB_BINDINGS__BILL_IN_0__GROUP=billing``). Keys are kebab-case; in environment names
 ``_`` stands for ``-``. Validation errors name the dotted key path. Binder sections and binding
 ``consumer``/``producer`` sections may hold broker-specific keys, which the binder validates.
+Top-level keys are normalised when read; ``StreamConfig`` holds the core keys, and each other
+section is validated by the model its feature declares (``SECTIONS``, ``app.settings``).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
 import typing
@@ -50,6 +53,23 @@ def model_keys(model: type[BaseModel]) -> list[str]:
 def normalize_key(key: str) -> str:
     """Binding and binder names compare case-insensitively with ``-`` and ``_`` alike."""
     return key.replace("_", "-").lower()
+
+
+def find_key(mapping: Mapping[Any, Any], name: str) -> Any:
+    """The key of ``mapping`` that ``name`` names (compared by ``normalize_key``), or None."""
+    wanted = normalize_key(name)
+    return next((k for k in mapping if normalize_key(str(k)) == wanted), None)
+
+
+def lookup(data: Mapping[str, Any], path: Iterable[str]) -> Any:
+    """The value at ``path`` (names compared by ``normalize_key``), or None."""
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        key = find_key(node, part)
+        node = None if key is None else node[key]
+    return node
 
 
 class _Model(BaseModel):
@@ -176,11 +196,6 @@ class StreamConfig(_Model):
     bindings: dict[str, dict[str, Any]] = {}
     shutdown_timeout: float = Field(30.0, gt=0)
     dynamic_destination_cache_size: int = Field(10, ge=1)
-    bus: dict[str, Any] = {}
-    saga: dict[str, Any] = {}
-    management: ManagementProperties = ManagementProperties()
-    config_server: dict[str, Any] = {}
-    config_import: str | None = None
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -200,12 +215,8 @@ class StreamConfig(_Model):
 
         Raises ConfigError naming ``bindings.<name>.<key>`` when a value is invalid.
         """
-        own: Mapping[str, Any] = {}
-        wanted = normalize_key(name)
-        for key, value in self.bindings.items():
-            if normalize_key(key) == wanted:
-                own = value or {}
-                break
+        key = find_key(self.bindings, name)
+        own: Mapping[str, Any] = {} if key is None else self.bindings[key] or {}
         merged = deep_merge(self.default, own)
         props = validate(BindingProperties, merged, f"bindings.{name}")
         for section, model, keys in (
@@ -237,6 +248,10 @@ class StreamConfig(_Model):
                     f"partition {wrong} is not below the partition-count {count} of "
                     f"bindings.{other} (destination {destination!r})",
                 )
+
+    def has_binding(self, name: str) -> bool:
+        """Whether ``bindings`` configures ``name`` (in any spelling of it)."""
+        return find_key(self.bindings, name) is not None
 
     def binder_names(self) -> list[str]:
         return list(self.binders)
@@ -318,10 +333,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+def set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``value`` at ``path`` in ``target``, creating sections (or replacing a scalar in the
+    way) as needed; an existing key keeps its spelling."""
     node = target
     for i, part in enumerate(path):
-        existing = next((k for k in node if normalize_key(str(k)) == normalize_key(part)), None)
+        existing = find_key(node, part)
         key = existing if existing is not None else part
         if i == len(path) - 1:
             node[key] = value
@@ -354,9 +371,64 @@ def blame_environment(exc: ConfigError, environ: Mapping[str, str]) -> ConfigErr
     return exc
 
 
-_TOP_LEVEL = {
+CORE_KEYS = frozenset(
     normalize_key(field.alias or name) for name, field in StreamConfig.model_fields.items()
+)
+"""The top-level keys ``StreamConfig`` validates."""
+
+SECTIONS: dict[str, str] = {
+    "bus": "streamlib.bus.settings:BusSettings",
+    "saga": "streamlib.saga.settings:SagaSettings",
+    "management": "streamlib.config:ManagementProperties",
+    "config-server": "streamlib.config_server:settings_from",
+    "config-import": "streamlib.config_server:settings_from",
 }
+"""The sections of streamlib's own features: prefix -> ``module:model`` (or ``module:reader``,
+a function of the raw configuration that validates it), imported when a configuration holds
+the section. An app's features declare theirs with ``app.settings(prefix, model)``, which
+user code uses too; these are known, and validated, also where no app declared them (a
+configuration shared by several apps, the command-line tools)."""
+
+_TOP_LEVEL = CORE_KEYS | SECTIONS.keys()
+
+
+def read_section(raw: Mapping[str, Any], prefix: str, model: type[M]) -> M:
+    """Section ``prefix`` (dotted) of a raw configuration, validated as ``model``.
+
+    Raises ConfigError naming ``<prefix>.<key>`` when a value is invalid.
+    """
+    section = lookup(raw, prefix.split("."))
+    return validate(model, section if section is not None else {}, prefix)
+
+
+def _check_section(raw: Mapping[str, Any], prefix: str) -> None:
+    module, _, attribute = SECTIONS[prefix].partition(":")
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, type) and issubclass(target, BaseModel):
+        read_section(raw, prefix, target)
+    else:
+        target(raw)
+
+
+def core_section(
+    raw: Mapping[str, Any], declared: Collection[str] = (), free: Collection[str] = ()
+) -> dict[str, Any]:
+    """The keys of ``raw`` that ``StreamConfig`` validates, after checking the rest.
+
+    A built-in section that no app declared (in ``declared``, top-level keys) is validated
+    here; ``free`` keys are left alone. Any other top-level key raises ConfigError (``unknown
+    key``, with the nearest known one).
+    """
+    known = _TOP_LEVEL | set(declared)
+    for key in raw:
+        top = normalize_key(str(key))
+        if top in known or top in free:
+            continue
+        raise ConfigError(top, "unknown key" + did_you_mean(top, sorted(known)))
+    for prefix in SECTIONS.keys() - set(declared):
+        if find_key(raw, prefix) is not None:
+            _check_section(raw, prefix)
+    return {k: v for k, v in raw.items() if normalize_key(str(k)) in CORE_KEYS}
 
 
 def env_overrides(
@@ -383,7 +455,7 @@ def env_overrides(
             value = yaml.safe_load(environ[name])
         except yaml.YAMLError:
             value = environ[name]
-        _set_path(out, path, value)
+        set_path(out, path, value)
     return out
 
 
@@ -414,9 +486,23 @@ def raw_config(
         data = deep_merge({}, source)
     if remote:
         data = deep_merge(data, remote)
-    if name is not None:
-        data.setdefault("name", name)
-    return env_overrides(data, env, extra_keys)
+    if name is not None and find_key(data, "name") is None:
+        data["name"] = name
+    return _normalized_top(env_overrides(data, env, extra_keys))
+
+
+def _normalized_top(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with its top-level keys normalised (``config_server`` -> ``config-server``);
+    keys that differ only in spelling merge, later ones winning."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        top = normalize_key(str(key))
+        out[top] = (
+            deep_merge(out[top], value)
+            if isinstance(out.get(top), Mapping) and isinstance(value, Mapping)
+            else value
+        )
+    return out
 
 
 def load_config(
@@ -430,4 +516,13 @@ def load_config(
     Without ``source``, ``$STREAMLIB_CONFIG`` or ``./streamlib.yaml`` is read when present.
     ``name`` is the application name used when the configuration sets none.
     """
-    return validate(StreamConfig, raw_config(source, environ=environ, name=name))
+    raw = raw_config(source, environ=environ, name=name)
+    return validate(StreamConfig, core_section(raw))
+
+
+def load_section(source: Mapping[str, Any] | str | Path | None, prefix: str, model: type[M]) -> M:
+    """Section ``prefix`` of the configuration ``load_config(source)`` reads (and validates),
+    as ``model``: for tools that run without an app."""
+    raw = raw_config(source)
+    validate(StreamConfig, core_section(raw))
+    return read_section(raw, prefix, model)

@@ -19,7 +19,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ._spring_keys import to_streamlib
-from .config import normalize_key, redact_url, validate
+from .config import lookup, redact_url, validate
 from .errors import ConfigError, ConfigServerError
 from .retry import exponential_backoff
 
@@ -94,13 +94,8 @@ def settings_from(raw: Mapping[str, Any]) -> ConfigServerSettings | None:
     ``config-import: configserver:<uri>`` (``optional:`` in front for optional) fills in
     ``config-server.uri`` and ``config-server.optional`` where the section leaves them unset.
     """
-    section: dict[str, Any] = {}
-    spelling: Any = None
-    for key, value in raw.items():
-        if normalize_key(str(key)) == SECTION:
-            section = dict(value or {})
-        elif normalize_key(str(key)) == IMPORT_KEY:
-            spelling = value
+    section = dict(lookup(raw, [SECTION]) or {})
+    spelling = lookup(raw, [IMPORT_KEY])
     if spelling is not None:
         match = _IMPORT.fullmatch(str(spelling).strip())
         if match is None:

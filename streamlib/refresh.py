@@ -1,14 +1,15 @@
 """Live configuration: layered sources, refreshable settings, and what a refresh changed.
 
-Layers, later ones winning: defaults that extensions declare in code (the Bus's binding),
-the YAML file or mapping, a Config Server's property sources (fetched by the app at start and
-at each refresh), ``STREAMLIB_*`` environment variables, then overrides set at run time (a Bus
-environment change). Top-level keys that only the Config Server sets and that neither
-streamlib nor a settings section knows (a Java service's keys in a shared repository) are kept
-but not validated. Settings sections declared with ``app.settings(prefix,
-Model)`` are validated from their own top-level section; between refreshes they are frozen,
-and a refresh replaces them with new objects. Consumer retry settings take effect at once;
-every other binding or binder setting is reported as needing a restart.
+Layers, later ones winning: binding defaults that features declare in code (the Bus's and the
+Saga's bindings), the YAML file or mapping, a Config Server's property sources (fetched by the
+app at start and at each refresh), ``STREAMLIB_*`` environment variables, then overrides set at
+run time (a Bus environment change). Top-level keys that only the Config Server sets and that
+neither streamlib nor a settings section knows (a Java service's keys in a shared repository)
+are kept but not validated. Settings sections declared with ``app.settings(prefix, Model)``
+(user code and streamlib's features alike) are validated from their own top-level section;
+between refreshes they are frozen, and a refresh replaces them with new objects. A refresh is
+computed as a value (``LiveConfig.reload``) that the app applies: consumer retry settings take
+effect at once; every other binding or binder setting is reported as needing a restart.
 """
 
 from __future__ import annotations
@@ -24,8 +25,19 @@ from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from ._dispatch import HandlerDispatcher
-from .config import StreamConfig, deep_merge, normalize_key, raw_config, validate
+from .config import (
+    CORE_KEYS,
+    SECTIONS,
+    StreamConfig,
+    core_section,
+    deep_merge,
+    find_key,
+    lookup,
+    normalize_key,
+    raw_config,
+    set_path,
+    validate,
+)
 from .errors import ConfigError
 from .retry import RetryPolicy
 
@@ -37,12 +49,11 @@ ConfigSource = Mapping[str, Any] | str | Path | None
 RefreshListener = Callable[[frozenset[str]], Any]
 """``fn(changed_keys)``, plain or ``async``; called after every applied refresh, with the keys
 it changed (empty when none did), as Spring publishes its refresh events on every refresh."""
-DefaultsProvider = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-"""Given the merged configuration, the defaults to put under it (lowest priority)."""
+BindingDefaults = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""Settings of one binding under every configured one: fixed, or computed from the raw
+configuration (the Bus's from ``bus.*``)."""
 
-_STREAM_KEYS = frozenset(
-    normalize_key(field.alias or name) for name, field in StreamConfig.model_fields.items()
-)
+_STREAM_KEYS = CORE_KEYS | SECTIONS.keys()
 _RETRY_KEYS = (
     "max-attempts",
     "back-off-initial-interval",
@@ -75,18 +86,26 @@ class RefreshResult:
 class Settings(Generic[M]):
     """A live view of one settings section; ``value`` is replaced, never mutated, by a refresh."""
 
-    def __init__(self, prefix: str, model: type[M], load: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        model: type[M],
+        live: LiveConfig,
+        live_keys: Collection[str] | None = None,
+    ) -> None:
         self.prefix = prefix
         self.model = model
+        self.live_keys = None if live_keys is None else tuple(live_keys)
+        """Keys of the section a refresh applies; None: all of them."""
         self._frozen = _frozen(model)
-        self._load = load
+        self._live = live
         self._value: M | None = None
 
     @property
     def value(self) -> M:
         """The settings in force (configuration is read on first access)."""
         if self._value is None:
-            self._load()
+            _ = self._live.config  # reading it loads the configuration
         assert self._value is not None
         return self._value
 
@@ -125,15 +144,6 @@ def _field_names(model: type[BaseModel], data: Any) -> Any:
     return out
 
 
-def _lookup(data: Mapping[str, Any], path: list[str]) -> Any:
-    node: Any = data
-    for part in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = next((v for k, v in node.items() if normalize_key(str(k)) == part), None)
-    return node
-
-
 def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(dotted kebab-case key, value)`` for every leaf; lists are leaves."""
     for key, value in data.items():
@@ -162,13 +172,7 @@ def overrides_tree(values: Mapping[str, Any]) -> dict[str, Any]:
         parts = [normalize_key(p) for p in str(key).split(".") if p]
         if not parts:
             raise ConfigError(str(key), "an empty key cannot be set")
-        node = tree
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
+        set_path(tree, parts, value)
     return tree
 
 
@@ -180,86 +184,121 @@ def _served(remote: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in remote.items() if normalize_key(str(k)) not in _NOT_SERVED}
 
 
-class LiveConfig:
-    """The configuration of one app as layers, with the settings and listeners bound to it."""
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    """A refresh computed but not yet applied: the new configuration, the retry policy of
+    each consumer binding asked for, and what changed."""
 
-    def __init__(self, load: Callable[[], object]) -> None:
-        self._load = load
-        self._defaults: list[DefaultsProvider] = []
-        self._overrides: dict[str, Any] = {}
+    config: StreamConfig
+    policies: Mapping[str, RetryPolicy]
+    result: RefreshResult
+    _raw: dict[str, Any]
+    _values: Mapping[str, Any]
+    _overrides: dict[str, Any]
+    _remote: dict[str, Any]
+
+
+class LiveConfig:
+    """The configuration of one app as layers, with the settings sections declared on it.
+
+    ``source`` and ``name`` are the app's (``StreamApp(config=..., name=...)``); the
+    configuration is read on first access of ``config`` and again by ``reload``.
+    """
+
+    def __init__(self, source: ConfigSource, name: str | None) -> None:
+        self.source = source
+        self.name = name
+        self._binding_defaults: dict[str, BindingDefaults] = {}
+        self.overrides: dict[str, Any] = {}
         self._settings: dict[str, Settings[Any]] = {}
         self._listeners: list[RefreshListener] = []
-        self._live_keys: list[str] = list(LIVE_KEYS)
         self._raw: dict[str, Any] | None = None
         self._remote: dict[str, Any] = {}
+        self._config: StreamConfig | None = None
 
-    def settings(self, prefix: str, model: type[M]) -> Settings[M]:
-        """Register (or return) the settings of section ``prefix``, validated as ``model``."""
+    @property
+    def config(self) -> StreamConfig:
+        """The configuration in force (read on first access)."""
+        if self._config is None:
+            self.load()
+        assert self._config is not None
+        return self._config
+
+    def override(self, values: Mapping[str, Any]) -> None:
+        """Set dotted keys over every other layer, from the next read on."""
+        self.overrides = deep_merge(self.overrides, overrides_tree(values))
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        """Read the configuration again on next access (a source or default changed)."""
+        self._config = None
+
+    def settings(
+        self, prefix: str, model: type[M], live_keys: Collection[str] | None = None
+    ) -> Settings[M]:
+        """Declare (or return) section ``prefix``, validated as ``model``; ``live_keys`` are
+        its keys a refresh applies without a restart (None: all)."""
         path = [normalize_key(p) for p in prefix.split(".") if p]
         if not path:
             raise ConfigError(prefix, "a settings prefix cannot be empty")
-        if path[0] in _STREAM_KEYS:
-            raise ConfigError(prefix, f"{path[0]!r} is a streamlib configuration key")
         key = ".".join(path)
+        own = f"{model.__module__}:{model.__qualname__}"
+        if path[0] in CORE_KEYS or (path[0] in SECTIONS and SECTIONS.get(key) != own):
+            raise ConfigError(prefix, f"{path[0]!r} is a streamlib configuration key")
         existing = self._settings.get(key)
         if existing is not None:
             if existing.model is not model:
                 raise ConfigError(key, f"already declared as {existing.model.__name__}")
             return cast(Settings[M], existing)
-        settings = Settings(key, model, self._load)
+        settings = Settings(key, model, self, live_keys)
         self._settings[key] = settings
         if self._raw is not None:
-            settings._value = settings._validate(_lookup(self._raw, path))
+            settings._value = settings._validate(lookup(self._raw, path))
         return settings
 
     def add_listener(self, fn: RefreshListener) -> None:
         self._listeners.append(fn)
 
-    def add_defaults(self, provider: DefaultsProvider, live_keys: Collection[str] = ()) -> None:
-        """Defaults computed from the configuration (lowest priority); ``live_keys`` are the
-        provider's keys (``fnmatch`` patterns) that take effect without a restart."""
-        self._defaults.append(provider)
-        self._live_keys.extend(live_keys)
+    def binding_defaults(self, binding: str, defaults: BindingDefaults) -> None:
+        """Put ``defaults`` under ``bindings.<binding>`` (lowest priority)."""
+        self._binding_defaults[binding] = defaults
+        self.invalidate()
 
-    def local(self, source: ConfigSource, name: str | None) -> dict[str, Any]:
+    def local(self) -> dict[str, Any]:
         """The file, environment and override layers, without the Config Server's: where the
         Config Server itself is configured."""
-        return self._read(source, name, self._overrides, {})
+        return self._read(self.overrides, {})
 
-    def _read(
-        self,
-        source: ConfigSource,
-        name: str | None,
-        overrides: Mapping[str, Any],
-        remote: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    def _read(self, overrides: Mapping[str, Any], remote: Mapping[str, Any]) -> dict[str, Any]:
         extra = {k.split(".", 1)[0] for k in self._settings}
         raw = deep_merge(
             raw_config(
-                source, environ=os.environ, name=name, extra_keys=extra, remote=_served(remote)
+                self.source,
+                environ=os.environ,
+                name=self.name,
+                extra_keys=extra,
+                remote=_served(remote),
             ),
             overrides,
         )
-        for provider in self._defaults:
-            raw = deep_merge(provider(raw), raw)
+        for binding, defaults in self._binding_defaults.items():
+            value = defaults(raw) if callable(defaults) else defaults
+            bindings = raw.get("bindings") or {}
+            key = find_key(bindings, binding) or binding
+            raw = deep_merge(raw, {"bindings": {key: deep_merge(value, bindings.get(key) or {})}})
         return raw
 
     def _validate(
         self, raw: dict[str, Any], overrides: Mapping[str, Any], remote: Mapping[str, Any]
     ) -> tuple[StreamConfig, dict[str, Any]]:
         """The StreamConfig and each settings value; ConfigError when one is invalid."""
-        extra = {k.split(".", 1)[0] for k in self._settings}
+        declared = {k.split(".", 1)[0] for k in self._settings}
         free = ({normalize_key(k) for k in overrides} | {normalize_key(k) for k in remote}) - (
             _STREAM_KEYS
         )
-        core = {
-            k: v
-            for k, v in raw.items()
-            if normalize_key(k) not in extra and normalize_key(k) not in free
-        }
-        config = validate(StreamConfig, core)
+        config = validate(StreamConfig, core_section(raw, declared, free))
         values = {
-            key: s._validate(_lookup(raw, key.split("."))) for key, s in self._settings.items()
+            key: s._validate(lookup(raw, key.split("."))) for key, s in self._settings.items()
         }
         return config, values
 
@@ -268,66 +307,65 @@ class LiveConfig:
         for key, value in values.items():
             self._settings[key]._value = value
 
-    def load(
-        self, source: ConfigSource, name: str | None, remote: Mapping[str, Any] | None = None
-    ) -> StreamConfig:
+    def load(self, remote: Mapping[str, Any] | None = None) -> StreamConfig:
         """Read every layer and bind the settings; ConfigError (nothing changed) if invalid.
 
         ``remote`` is a newly fetched Config Server layer (None: keep the one in force).
         """
         served = self._remote if remote is None else dict(remote)
-        raw = self._read(source, name, self._overrides, served)
-        config, values = self._validate(raw, self._overrides, served)
+        raw = self._read(self.overrides, served)
+        config, values = self._validate(raw, self.overrides, served)
         self._commit(raw, values)
         self._remote = served
+        self._config = config
         return config
 
     def reload(
         self,
-        source: ConfigSource,
-        name: str | None,
         overrides: Mapping[str, Any] | None,
-        dispatchers: Mapping[str, HandlerDispatcher],
-        finish: Callable[[StreamConfig], StreamConfig] = lambda config: config,
+        consumers: Collection[str],
         remote: Mapping[str, Any] | None = None,
-    ) -> tuple[StreamConfig, RefreshResult]:
-        """Read again with ``overrides`` (dotted keys) added on top and ``remote`` as the new
-        Config Server layer (None: keep the one in force); swap the retry policy of each
-        dispatcher whose settings changed. ConfigError leaves everything as it was.
-
-        ``finish`` completes the validated configuration (the app's binding defaults).
+    ) -> Reloaded:
+        """The configuration read again with ``overrides`` (dotted keys) added on top and
+        ``remote`` as the new Config Server layer (None: keep the one in force), with the
+        retry policy of each binding in ``consumers``: a value that ``apply`` puts in force.
+        Raises ConfigError when the new configuration is invalid.
         """
-        merged = deep_merge(self._overrides, overrides_tree(overrides or {}))
+        merged = deep_merge(self.overrides, overrides_tree(overrides or {}))
         served = self._remote if remote is None else dict(remote)
-        old = self._raw or {}
-        raw = self._read(source, name, merged, served)
+        raw = self._read(merged, served)
         config, values = self._validate(raw, merged, served)
-        config = finish(config)
         policies = {
             binding: RetryPolicy.from_properties(config.binding(binding).consumer)
-            for binding in dispatchers
+            for binding in consumers
         }
-        self._overrides = merged
-        self._remote = served
-        self._commit(raw, values)
-        for binding, policy in policies.items():
-            dispatcher = dispatchers[binding]
-            if dispatcher.policy != policy:
-                dispatcher.policy = policy
-        changed = changed_keys(old, raw)
+        changed = changed_keys(self._raw or {}, raw)
         restart = sorted(k for k in changed if self._needs_restart(k))
-        if restart:
+        result = RefreshResult(tuple(sorted(changed)), tuple(restart))
+        return Reloaded(config, policies, result, raw, values, merged, served)
+
+    def apply(self, reloaded: Reloaded) -> None:
+        """Put a reloaded configuration in force: its settings values, layers and config."""
+        self.overrides = reloaded._overrides
+        self._remote = reloaded._remote
+        self._commit(reloaded._raw, reloaded._values)
+        self._config = reloaded.config
+        if reloaded.result.restart_required:
             log.warning(
                 "configuration changed where a restart is needed to apply it: %s",
-                ", ".join(restart),
+                ", ".join(reloaded.result.restart_required),
             )
-        return config, RefreshResult(tuple(sorted(changed)), tuple(restart))
 
     def _needs_restart(self, key: str) -> bool:
         top = key.split(".", 1)[0]
         if top not in _STREAM_KEYS:
             return False  # an application settings section, or a free key set at run time
-        return not any(fnmatchcase(key, pattern) for pattern in self._live_keys)
+        if any(fnmatchcase(key, pattern) for pattern in LIVE_KEYS):
+            return False
+        section = self._settings.get(top)
+        if section is None or section.live_keys is None:
+            return section is None
+        return not any(fnmatchcase(key, f"{top}.{pattern}") for pattern in section.live_keys)
 
     async def notify(self, result: RefreshResult) -> None:
         """Call every listener once with the changed keys, possibly none; a failing listener is

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..app import StreamApp
-from ..config import StreamConfig, normalize_key, validate
+from ..config import read_section
 from ..errors import StreamlibError
 from ..messages import Message
 from ..refresh import RefreshListener, RefreshResult
@@ -89,7 +89,6 @@ class Bus:
         self.passive = passive
         self._node_id = node_id
         self._instance = uuid.uuid4().hex
-        self._settings: tuple[StreamConfig, BusSettings] | None = None
         self._waiting: dict[str, _AckCollector] = {}
         self._listeners: dict[type[RemoteApplicationEvent], list[EventListener[Any]]] = {}
         # Ids of events this node sent: one with our origin but not in here means another
@@ -103,17 +102,16 @@ class Bus:
 
         receive.__name__ = HANDLER_NAME
         app.sink(receive)
-        app.add_config_defaults(
-            _binding_defaults, live_keys=("bus.signing-key", "bus.replay-window", "bus.ack-wait")
+        self._section = app.settings(
+            "bus", BusSettings, live_keys=("signing-key", "replay-window", "ack-wait")
         )
+        app.binding_defaults(INPUT_BINDING, _input_defaults)
+        app.binding_defaults(OUTPUT_BINDING, _output_defaults)
 
     @property
     def settings(self) -> BusSettings:
         """The ``bus:`` settings of the configuration in force."""
-        config = self.app.config
-        if self._settings is None or self._settings[0] is not config:
-            self._settings = (config, validate(BusSettings, config.bus, "bus"))
-        return self._settings[1]
+        return self._section.value
 
     @property
     def id(self) -> str:
@@ -329,35 +327,30 @@ def _as_property(value: object) -> str:
     return str(value)
 
 
-def _binding_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The bus bindings' settings, derived from ``bus.*`` (configuration may override them)."""
-    section = next((v for k, v in raw.items() if normalize_key(str(k)) == "bus"), None)
-    settings = validate(BusSettings, section or {}, "bus")
-    bindings = next((v for k, v in raw.items() if normalize_key(str(k)) == "bindings"), None)
-    names = list(bindings) if isinstance(bindings, Mapping) else []
-
-    def key(name: str) -> str:
-        # Reuse the spelling the configuration uses, so both merge into one entry.
-        return next((k for k in names if normalize_key(str(k)) == normalize_key(name)), name)
-
-    common = {"destination": settings.destination, "content-type": "application/json"}
+def _input_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The bus input's settings, derived from ``bus.*`` (configuration may override them)."""
+    settings = read_section(raw, "bus", BusSettings)
     return {
-        "bindings": {
-            key(INPUT_BINDING): {
-                **common,
-                "group": None,
-                # A broadcast consumer that handles events one at a time, in order: instance
-                # index and count do not split its input, and a failed event is not retried.
-                "consumer": {
-                    "max-attempts": 1,
-                    "auto-startup": settings.enabled,
-                    "instance-index": 0,
-                    "instance-count": 1,
-                    "partitioned": False,
-                    "concurrency": 1,
-                    "dlq": False,
-                },
-            },
-            key(OUTPUT_BINDING): common,
-        }
+        **_common(settings),
+        "group": None,
+        # A broadcast consumer that handles events one at a time, in order: instance index and
+        # count do not split its input, and a failed event is not retried.
+        "consumer": {
+            "max-attempts": 1,
+            "auto-startup": settings.enabled,
+            "instance-index": 0,
+            "instance-count": 1,
+            "partitioned": False,
+            "concurrency": 1,
+            "dlq": False,
+        },
     }
+
+
+def _output_defaults(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The bus output's settings, derived from ``bus.*``."""
+    return _common(read_section(raw, "bus", BusSettings))
+
+
+def _common(settings: BusSettings) -> dict[str, Any]:
+    return {"destination": settings.destination, "content-type": "application/json"}

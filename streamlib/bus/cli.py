@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..app import StreamApp
-from ..config import DEFAULT_CONFIG_FILE, StreamConfig, normalize_key, read_yaml
+from ..config import CORE_KEYS, DEFAULT_CONFIG_FILE, SECTIONS, normalize_key, read_yaml
 from ..errors import ConfigError, StreamlibError
 from .bus import OUTPUT_BINDING, Bus, BusReply
 from .matching import service_id
 
 CLI_NAME = "streamlib-bus-cli"
-_STREAM_KEYS = {
-    normalize_key(field.alias or name) for name, field in StreamConfig.model_fields.items()
-}
 
 
 def add_commands(commands: Any) -> None:
@@ -51,7 +48,7 @@ def _config(path: str | None) -> dict[str, Any]:
     """The streamlib keys of the apps' configuration file (their own sections left out)."""
     file = Path(path or os.environ.get("STREAMLIB_CONFIG") or DEFAULT_CONFIG_FILE)
     data = read_yaml(file) if path or file.exists() else {}
-    return {k: v for k, v in data.items() if normalize_key(str(k)) in _STREAM_KEYS}
+    return {k: v for k, v in data.items() if normalize_key(str(k)) in CORE_KEYS | SECTIONS.keys()}
 
 
 def _values(pairs: list[str]) -> dict[str, str]:

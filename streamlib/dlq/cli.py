@@ -23,7 +23,6 @@ import orjson
 
 from ..app import StreamApp
 from ..binder import ConsumerSpec
-from ..config import normalize_key
 from ..errors import StreamlibError
 from .letters import DeadLetter, DeadLetterQueues, SupportsDeadLetters
 from .progress import Progress
@@ -156,7 +155,7 @@ class Targets:
         if not props.group:
             if not explicit:
                 return None
-            if normalize_key(binding) not in {normalize_key(b) for b in config.bindings}:
+            if not config.has_binding(binding):
                 raise StreamlibError(f"no binding {binding!r} in the configuration ({key})")
             raise StreamlibError(f"{key}.group is not set: only a consumer group has a DLQ")
         name, type_name, _, _ = self._app._binder_for(binding, props)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..app import StreamApp
+from .settings import saga_settings
 from .sqlite_store import SqliteSagaStore
 from .store import SagaStore
 
@@ -50,6 +51,5 @@ def store_from(location: str, schema: str | None = None) -> SagaStore:
 def config_store(app: StreamApp) -> SagaStore:
     """The store configured by ``saga.store`` (a SQLite file path or a PostgreSQL URL; default
     ``saga.db``) and ``saga.schema`` (PostgreSQL only)."""
-    location = app.config.saga.get("store") or DEFAULT_STORE_PATH
-    schema = app.config.saga.get("schema")
-    return store_from(str(location), str(schema) if schema else None)
+    settings = saga_settings(app)
+    return store_from(settings.store or DEFAULT_STORE_PATH, settings.schema_)

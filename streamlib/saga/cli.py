@@ -20,11 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import load_config
+from ..config import load_section
 from ..errors import StreamlibError
 from ._support import DEFAULT_STORE_PATH, store_from
 from .definition import Saga
 from .operations import mermaid, resolve
+from .settings import SagaSettings
 from .store import SagaRecord, SagaState, SagaStore, StaleSagaError
 
 T = TypeVar("T")
@@ -81,8 +82,12 @@ def store_path(args: argparse.Namespace) -> Path:
 def _location(args: argparse.Namespace) -> str:
     if args.store:
         return str(args.store)
-    config = load_config(args.config)
-    return str(config.saga.get("store") or DEFAULT_STORE_PATH)
+    return _settings(args).store or DEFAULT_STORE_PATH
+
+
+def _settings(args: argparse.Namespace) -> SagaSettings:
+    """The ``saga:`` section of the configuration file (the whole file validated)."""
+    return load_section(args.config, "saga", SagaSettings)
 
 
 def open_store(args: argparse.Namespace) -> SagaStore:
@@ -92,8 +97,8 @@ def open_store(args: argparse.Namespace) -> SagaStore:
     if location.startswith(("postgresql://", "postgres://")):
         schema = args.schema
         if schema is None and not args.store:
-            schema = load_config(args.config).saga.get("schema")
-        return store_from(location, str(schema) if schema else None)
+            schema = _settings(args).schema_
+        return store_from(location, schema)
     return store_from(str(store_path(args)))
 
 

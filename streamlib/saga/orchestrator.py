@@ -42,6 +42,7 @@ from . import headers as h
 from ._support import config_store, header_text, identifier, named
 from .definition import Backoff, Local, Remote, Saga, Step, StepFailed
 from .events import DEFAULT_EVENTS_DESTINATION, SagaEvent, SagaEventType
+from .settings import saga_settings
 from .store import HistoryEntry, SagaRecord, SagaState, SagaStore, StaleSagaError, Wait
 
 log = logging.getLogger("streamlib.saga")
@@ -92,16 +93,16 @@ class Orchestrator:
         self.reply_destination = reply_destination or f"{base}.saga-replies"
         self._events_destination = events_destination
         self._store = store
-        configured = app.config.saga
+        configured = saga_settings(app)
         self.instance = str(
             instance
-            or configured.get("instance")
+            or configured.instance
             or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.lease = float(lease or configured.get("lease") or DEFAULT_LEASE)
+        self.lease = float(lease or configured.lease or DEFAULT_LEASE)
         if self.lease <= 0:
             raise ValueError(f"saga.lease must be positive, not {self.lease}")
-        kept = retention or configured.get("retention")
+        kept = retention or configured.retention
         self.retention = float(kept) if kept else None
         self._next_prune = 0.0
         self._held: set[str] = set()
@@ -153,8 +154,8 @@ class Orchestrator:
     @property
     def events_destination(self) -> str:
         if self._events_destination is None:
-            configured = self.app.config.saga.get("events-destination")
-            self._events_destination = str(configured or DEFAULT_EVENTS_DESTINATION)
+            configured = saga_settings(self.app).events_destination
+            self._events_destination = configured or DEFAULT_EVENTS_DESTINATION
         return self._events_destination
 
     async def start(self, saga: Saga[D], data: D, *, saga_id: str | None = None) -> str:

@@ -105,7 +105,7 @@ class RunningApp:
             for n in (h.input_binding, h.output_binding)
             if n
         }
-        return wanted in names or any(normalize_key(k) == wanted for k in self.app.config.bindings)
+        return wanted in names or self.app.config.has_binding(target)
 
     async def send(
         self,

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from streamlib import StreamApp
+from streamlib.config import ManagementProperties
 from streamlib.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +31,7 @@ async def test_the_endpoint_is_off_by_default() -> None:
     app = _app({})
     async with app.run():
         assert app.management_url is None
-        assert app.config.management.host == "127.0.0.1"
+        assert app.settings("management", ManagementProperties).value.host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(

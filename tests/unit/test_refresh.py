@@ -156,3 +156,30 @@ async def test_overridden_retry_setting_applies_live(tmp_path: Path) -> None:
         result = await app.refresh({"bindings.take-in-0.consumer.max-attempts": "5"})
         assert app._dispatchers["take-in-0"].policy.max_attempts == 5
         assert result == RefreshResult(("bindings.take-in-0.consumer.max-attempts",), ())
+
+
+async def test_a_feature_section_applies_only_its_live_keys_at_once(tmp_path: Path) -> None:
+    from streamlib.bus import Bus
+    from streamlib.saga import Orchestrator
+
+    path = tmp_path / "app.yaml"
+    write(path, base(bus={"ack-wait": 1}, saga={"store": str(tmp_path / "s.db")}))
+    app = shop(path)
+    bus = Bus(app)
+    Orchestrator(app, [], store=None)
+    async with app.run():
+        changed = base(
+            bus={"ack-wait": 2, "destination": "other-bus"},
+            saga={"store": str(tmp_path / "s.db"), "lease": 20},
+            management={"host": "0.0.0.0"},
+        )
+        write(path, changed)
+        result = await app.refresh()
+        assert bus.settings.ack_wait == 2
+        assert result.restart_required == (
+            "bindings.springcloudbus-in-0.destination",
+            "bindings.springcloudbus-out-0.destination",
+            "bus.destination",
+            "management.host",
+            "saga.lease",
+        )

@@ -145,3 +145,30 @@ async def test_an_input_of_another_app_sharing_the_configuration_is_left_alone()
 
     async with app.run():
         pass
+
+
+async def test_a_misspelt_key_of_a_feature_section_fails_naming_it_without_the_feature() -> None:
+    # No saga runs in this app; a configuration shared with one still has its keys checked.
+    app = _price_app({}, saga={"stor": "orders.db"})
+    assert await _start_error(app) == "saga.stor: unknown key; did you mean 'store'?"
+
+
+async def test_an_invalid_bus_value_fails_naming_it_in_an_app_without_a_bus() -> None:
+    app = _price_app({}, bus={"ack-wait": -1})
+    assert (await _start_error(app)).startswith("bus.ack-wait: Input should be greater than")
+
+
+async def test_a_top_level_key_close_to_a_feature_section_fails_with_did_you_mean() -> None:
+    app = _price_app({}, sagas={"store": "orders.db"})
+    assert await _start_error(app) == "sagas: unknown key; did you mean 'saga'?"
+
+
+class Mine(BaseModel):
+    store: str = ""
+
+
+async def test_a_feature_section_cannot_be_declared_with_another_model() -> None:
+    app = _price_app({})
+    with pytest.raises(ConfigError) as caught:
+        app.settings("saga", Mine)
+    assert str(caught.value) == "saga: 'saga' is a streamlib configuration key"
