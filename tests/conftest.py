@@ -37,3 +37,12 @@ def broker_liveness(request: pytest.FixtureRequest) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Cluster tests run last: their six broker nodes then cost nothing to the rest of the run.
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from support.cluster import figures
+
+    if figures:
+        terminalreporter.section("failover figures")
+        for line in figures:
+            terminalreporter.write_line(line)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 from pydantic import BaseModel
-from support.cluster import cluster
+from support.cluster import cluster, figures
 
 from streamlib import StreamApp
 from streamlib.errors import StreamlibError
@@ -85,17 +85,17 @@ async def test_the_leader_killed_mid_stream_loses_nothing_acknowledged(
     async with app.run():
         producers = [asyncio.create_task(produce(key)) for key in KEYS]
         try:
-            await asyncio.sleep(4)
+            await asyncio.sleep(3)
             layout = await leaders(kafka_cluster, topic)
             # The binder created the topic with the broker's default replication factor.
             assert all(len(replicas) == 3 for _, replicas in layout.values()), layout
             killed = layout[0][0]
             killed_at = time.monotonic()
             await asyncio.to_thread(cluster, "kill", "kafka", str(killed))
-            await asyncio.sleep(10)
+            await asyncio.sleep(7)
             await asyncio.to_thread(cluster, "start", "kafka", str(killed))
             killed = None
-            await asyncio.sleep(3)
+            await asyncio.sleep(2)
         finally:
             stop.set()
             await asyncio.gather(*producers)
@@ -112,8 +112,8 @@ async def test_the_leader_killed_mid_stream_loses_nothing_acknowledged(
     after = [t for t in times if t > killed_at]
     gaps = [b - a for a, b in zip([killed_at, *after], after, strict=False)]
     recovery = max(gaps, default=0.0)
-    print(
-        f"\nkafka failover: acknowledged {sum(len(v) for v in acked.values())}, "
+    figures.append(
+        f"kafka failover: acknowledged {sum(len(v) for v in acked.values())}, "
         f"received {total}, lost {lost}, duplicates {duplicates}, "
         f"failed sends {failed_sends}, recovery {recovery:.1f} s"
     )

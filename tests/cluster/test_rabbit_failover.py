@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pytest
 from pydantic import BaseModel
-from support.cluster import cluster
+from support.cluster import cluster, figures
 
 from streamlib import StreamApp
 from streamlib.errors import StreamlibError
@@ -81,7 +81,7 @@ async def test_the_node_leading_a_quorum_queue_killed_mid_stream_loses_nothing_c
     async with app.run():
         producers = [asyncio.create_task(produce(key)) for key in KEYS]
         try:
-            await asyncio.sleep(3)
+            await asyncio.sleep(2)
             # The app is on node 1, the first address, so its queue was declared there.
             assert queue_leader(queue, 2) == "streamlib-c1@localhost"
             killed_at = time.monotonic()
@@ -91,7 +91,7 @@ async def test_the_node_leading_a_quorum_queue_killed_mid_stream_loses_nothing_c
             assert queue_leader(queue, 2) != "streamlib-c1@localhost"
             await asyncio.to_thread(cluster, "start", "rabbit", "1")
             killed = False
-            await asyncio.sleep(3)
+            await asyncio.sleep(2)
         finally:
             stop.set()
             await asyncio.gather(*producers)
@@ -108,8 +108,8 @@ async def test_the_node_leading_a_quorum_queue_killed_mid_stream_loses_nothing_c
     after = [t for t in times if t > killed_at]
     gaps = [b - a for a, b in zip([killed_at, *after], after, strict=False)]
     recovery = max(gaps, default=0.0)
-    print(
-        f"\nrabbit failover: confirmed {sum(len(v) for v in acked.values())}, "
+    figures.append(
+        f"rabbit failover: confirmed {sum(len(v) for v in acked.values())}, "
         f"received {total}, lost {lost}, duplicates {duplicates}, "
         f"failed sends {failed_sends}, recovery {recovery:.1f} s"
     )

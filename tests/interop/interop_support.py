@@ -34,7 +34,7 @@ SPRING_DIR = Path(__file__).parent / "spring"
 JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 BUILD_TIMEOUT = 900.0
 START_TIMEOUT = 90.0
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
 RECEIVE_TIMEOUT = 60.0
 
 

@@ -11,6 +11,8 @@ import pytest
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "cluster.py"
 started: list[str] = []
 """The clusters this session started (and so stops at its end)."""
+figures: list[str] = []
+"""What each failover test measured, printed at the end of the run."""
 
 
 def cluster(*args: str) -> str:

@@ -29,7 +29,7 @@ from streamlib.testing import BinderHarness
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-SAGAS = 50
+SAGAS = 30
 PER_ROUND = 1
 PROCESS = Path(__file__).with_name("orders_process.py")
 
