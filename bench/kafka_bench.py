@@ -10,8 +10,9 @@ pipelined sends, then wait for every acknowledgement (acks=all, idempotent, same
 batch size everywhere). Consume: from the first to the last message handled of a pre-filled
 single-partition topic. Contenders run interleaved for ``--rounds`` rounds; the median counts,
 as the machine is shared. ``--profile`` prints a cProfile of streamlib's runs instead.
-``--tracing`` runs only streamlib's consume with tracing off, on (the OpenTelemetry SDK with a
-batching processor and an exporter that drops every span) and sampling 1% of root spans.
+``--tracing`` runs only streamlib's consume with metrics and tracing off, with the management
+endpoint's metrics on, with tracing on (the OpenTelemetry SDK with a batching processor and an
+exporter that drops every span) and sampling 1% of root spans.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ async def fill(bootstrap: str, count: int, traced: bool = False) -> str:
     return topic
 
 
-TRACING = ("streamlib", "streamlib traced", "streamlib sampled 1%")
+TRACING = ("streamlib", "streamlib + metrics", "streamlib traced", "streamlib sampled 1%")
 
 
 async def run_tracing(
@@ -281,7 +282,7 @@ def report(rates: dict[str, list[float]]) -> None:
     print_ratios(medians, ("produce", "consume"), "raw aiokafka")
     for label in ("", " (traceparent)"):
         off = medians.get(f"consume streamlib{label}")
-        for variant in ("traced", "sampled 1%"):
+        for variant in ("+ metrics", "traced", "sampled 1%"):
             on = medians.get(f"consume streamlib {variant}{label}")
             if off and on:
                 print(f"cost on consume{label}, {variant}: {(1 - on / off) * 100:.1f}%")
@@ -291,7 +292,9 @@ def main(argv: list[str]) -> int:
     parser = arguments("python -m bench kafka")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--tracing", action="store_true", help="only streamlib's consume, tracing off vs on"
+        "--tracing",
+        action="store_true",
+        help="only streamlib's consume: metrics and tracing off vs on",
     )
     parser.add_argument(
         "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
