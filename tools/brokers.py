@@ -123,9 +123,10 @@ def say(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def locked() -> Iterator[None]:
-    BASE.mkdir(parents=True, exist_ok=True)
-    with open(LOCK_FILE, "a+") as fh:
+def locked(base: Path = BASE) -> Iterator[None]:
+    """Hold the lock of the launcher whose state lives in ``base``."""
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / LOCK_FILE.name, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -133,19 +134,19 @@ def locked() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def load_state() -> dict[str, Any]:
+def load_state(state_file: Path = STATE_FILE) -> dict[str, Any]:
     try:
-        data = json.loads(STATE_FILE.read_text())
+        data = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def save_state(state: dict[str, Any]) -> None:
-    BASE.mkdir(parents=True, exist_ok=True)
-    tmp = STATE_FILE.with_suffix(".tmp")
+def save_state(state: dict[str, Any], state_file: Path = STATE_FILE) -> None:
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    tmp.replace(STATE_FILE)
+    tmp.replace(state_file)
 
 
 MARKERS = {"kafka": "kafka.Kafka", "rabbit": "rabbitmq", "epmd": "epmd", "postgres": "postgres"}

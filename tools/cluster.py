@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -36,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,6 @@ import brokers as b
 
 BASE = Path(os.environ.get("STREAMLIB_CLUSTER_DIR", "/tmp/streamlib-cluster"))
 STATE_FILE = BASE / "state.json"
-LOCK_FILE = BASE / ".lock"
 NODES = (1, 2, 3)
 HOST = b.HOST
 KAFKA_PORTS = {n: 39191 + n for n in NODES}
@@ -67,30 +64,16 @@ def rabbit_node(n: int) -> str:
     return f"streamlib-c{n}@localhost"
 
 
-@contextlib.contextmanager
-def locked() -> Iterator[None]:
-    BASE.mkdir(parents=True, exist_ok=True)
-    with open(LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def locked() -> contextlib.AbstractContextManager[None]:
+    return b.locked(BASE)
 
 
 def load_state() -> dict[str, Any]:
-    try:
-        data = json.loads(STATE_FILE.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return b.load_state(STATE_FILE)
 
 
 def save_state(state: dict[str, Any]) -> None:
-    BASE.mkdir(parents=True, exist_ok=True)
-    tmp = STATE_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    tmp.replace(STATE_FILE)
+    b.save_state(state, STATE_FILE)
 
 
 def write_kafka_node(n: int) -> Path:

@@ -7,23 +7,16 @@ import asyncio
 import json
 import time
 import uuid
-from collections import defaultdict
 
 import pytest
-from pydantic import BaseModel
 from support.cluster import cluster, figures
+from support.failover import Event, Traffic
 
 from streamlib import StreamApp
-from streamlib.errors import StreamlibError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.rabbit]
 
 KEYS = [f"key-{n}" for n in range(4)]
-
-
-class Event(BaseModel):
-    key: str
-    seq: int
 
 
 def queue_leader(queue: str, node: int) -> str:
@@ -50,36 +43,16 @@ async def test_the_node_leading_a_quorum_queue_killed_mid_stream_loses_nothing_c
         },
     }
     app = StreamApp("failover", config=config)
-    received: dict[str, list[int]] = defaultdict(list)
-    times: list[float] = []
+    traffic = Traffic(app, destination, KEYS, keyed=False)
 
     @app.sink
     async def record(event: Event) -> None:
-        received[event.key].append(event.seq)
-        times.append(time.monotonic())
-
-    acked: dict[str, list[int]] = defaultdict(list)
-    failed_sends = 0
-    stop = asyncio.Event()
-
-    async def produce(key: str) -> None:
-        nonlocal failed_sends
-        seq = 0
-        while not stop.is_set():
-            try:
-                await app.send(destination, {"key": key, "seq": seq})
-            except StreamlibError:
-                failed_sends += 1  # not confirmed: sent again, in order
-                await asyncio.sleep(0.2)
-                continue
-            acked[key].append(seq)
-            seq += 1
-            await asyncio.sleep(0.01)
+        traffic.record(event)
 
     queue = f"{destination}.{group}"
     killed = False
     async with app.run():
-        producers = [asyncio.create_task(produce(key)) for key in KEYS]
+        traffic.start()
         try:
             await asyncio.sleep(2)
             # The app is on node 1, the first address, so its queue was declared there.
@@ -93,25 +66,11 @@ async def test_the_node_leading_a_quorum_queue_killed_mid_stream_loses_nothing_c
             killed = False
             await asyncio.sleep(2)
         finally:
-            stop.set()
-            await asyncio.gather(*producers)
+            await traffic.stop()
             if killed:
                 await asyncio.to_thread(cluster, "start", "rabbit", "1")
-        deadline = time.monotonic() + 60
-        while any(set(acked[k]) - set(received[k]) for k in KEYS):
-            assert time.monotonic() < deadline, "confirmed messages never arrived"
-            await asyncio.sleep(0.2)
+        await traffic.wait_for_everything_confirmed(60)
         health = app.health()
-    lost = sum(len(set(acked[k]) - set(received[k])) for k in KEYS)
-    total = sum(len(received[k]) for k in KEYS)
-    duplicates = total - sum(len(set(received[k])) for k in KEYS)
-    after = [t for t in times if t > killed_at]
-    gaps = [b - a for a, b in zip([killed_at, *after], after, strict=False)]
-    recovery = max(gaps, default=0.0)
-    figures.append(
-        f"rabbit failover: confirmed {sum(len(v) for v in acked.values())}, "
-        f"received {total}, lost {lost}, duplicates {duplicates}, "
-        f"failed sends {failed_sends}, recovery {recovery:.1f} s"
-    )
-    assert lost == 0
+    figures.append(traffic.summary("rabbit", killed_at))
+    assert traffic.lost() == 0
     assert health["status"] == "up", health
