@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 
 from ._metrics import BindingMetrics
-from .binder import ACK, Outcome
+from .binder import ACK, Batching, Outcome
 from .converters import PayloadDecoder
 from .messages import Envelope, Message
 from .retry import Failure, RetryPolicy
@@ -38,8 +38,10 @@ class HandlerDispatcher:
         dlq: bool,
         emit: Emit | None,
         metrics: BindingMetrics | None = None,
+        batching: Batching | None = None,
     ) -> None:
         self.binding = binding
+        self.batching = batching
         self.policy = policy
         self._handler = handler
         self._decoder = decoder
@@ -78,6 +80,9 @@ class HandlerDispatcher:
                     await anyio.sleep(delay)
                     continue
                 return self._give_up(_where(envelope), Failure(exc, attempt))
+
+    async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [await self(envelope) for envelope in envelopes]
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
         return self._give_up(where, Failure(exc, 1))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import _logs
-from .binder import Dispatcher, Outcome
+from .binder import Batching, Dispatcher, Outcome
 from .messages import Envelope
 
 try:
@@ -127,6 +127,13 @@ class ObservedDispatcher:
             metrics.observe(time.perf_counter() - start)
             if token is not None:
                 _logs.leave(token)
+
+    @property
+    def batching(self) -> Batching | None:
+        return self._inner.batching
+
+    async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [await self(envelope) for envelope in envelopes]
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
         self._metrics.received += 1

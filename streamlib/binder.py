@@ -16,7 +16,7 @@ docs/writing-a-binder.md); a binder imports nothing else from streamlib.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -64,6 +64,7 @@ __all__ = [
     "Attribute",
     "BaseBinder",
     "BaseBinding",
+    "Batching",
     "Binder",
     "BinderContext",
     "BinderFactory",
@@ -71,6 +72,7 @@ __all__ = [
     "Binding",
     "BindingError",
     "BrokerError",
+    "BulkProducer",
     "ConfigError",
     "ConnectionLostError",
     "ConsumerProperties",
@@ -122,11 +124,35 @@ ACK = Outcome()
 """The outcome of a message that was handled and needs nothing more than its ack."""
 
 
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How a binding whose handler takes a list groups its messages: at most ``size`` per
+    call, waiting at most ``wait`` seconds after the first one for more (0: what has arrived;
+    on Kafka, what one fetch brought for the partition)."""
+
+    size: int
+    wait: float
+
+
 class Dispatcher(Protocol):
     """The core's handling of one message: decode, call the handler, retry; never raises
-    for a handler error (those become an Outcome), only when cancelled."""
+    for a handler error (those become an Outcome), only when cancelled.
+
+    When ``batching`` is set the handler takes a list: a binder that can, groups the
+    messages of one partition (or queue) as ``batching`` says and calls ``dispatch_batch``;
+    ``__call__`` still works and hands the handler a list of one.
+    """
+
+    @property
+    def batching(self) -> Batching | None: ...
 
     async def __call__(self, envelope: Envelope) -> Outcome: ...
+
+    async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        """The outcome of each of ``envelopes``, in their order. Each outcome is final, as
+        ``__call__``'s is: retries happened already, one message at a time for the failed
+        ones. Outcomes may share one ``pending`` confirmation (a batch's outputs)."""
+        ...
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
         """The outcome of a message the binder could not turn into an ``Envelope`` (odd
@@ -246,6 +272,17 @@ class Producer(Protocol):
 
     async def aclose(self) -> None:
         """Wait for unconfirmed messages, then release the producer."""
+        ...
+
+
+@runtime_checkable
+class BulkProducer(Producer, Protocol):
+    """A producer that sends many messages at once (optional; the core falls back to
+    ``send`` per message)."""
+
+    async def send_many(self, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+        """Hand all of ``envelopes`` to the broker client, in order; the confirmation of all
+        of them (raises PublishError if any was refused)."""
         ...
 
 

@@ -95,6 +95,10 @@ class ConsumerProperties(_Model):
     instance_index_list: tuple[Annotated[int, Field(ge=0)], ...] | None = None
     dlq: bool = False
     auto_startup: bool = True
+    batch_size: int = Field(500, ge=1)
+    """Most messages a batch handler (one taking a list) gets per call."""
+    batch_wait_ms: float = Field(0, ge=0)
+    """How long a batch handler's binding waits after a batch's first message for more."""
 
     @property
     def extension(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ traced and nothing is added to messages: the app checks the provider once when i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, MutableMapping
+from collections.abc import Awaitable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -29,7 +29,7 @@ from opentelemetry.trace import (
     TracerProvider,
 )
 
-from .binder import Dispatcher, Outcome, Producer
+from .binder import Batching, Dispatcher, Outcome, Producer
 from .messages import Envelope
 
 __all__ = ["Tracing", "record_failure"]
@@ -235,6 +235,13 @@ class TracedDispatcher:
         if envelope.message_id is not None:
             attributes[MESSAGE_ID] = envelope.message_id
         return attributes
+
+    @property
+    def batching(self) -> Batching | None:
+        return self._inner.batching
+
+    async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [await self(envelope) for envelope in envelopes]
 
     async def __call__(self, envelope: Envelope) -> Outcome:
         span = self._tracer.start_span(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -55,6 +55,11 @@ class _Recorder:
     def __init__(self, changed: asyncio.Event) -> None:
         self.envelopes: list[Envelope] = []
         self._changed = changed
+
+    batching = None
+
+    async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [await self(envelope) for envelope in envelopes]
 
     async def __call__(self, envelope: Envelope) -> Outcome:
         self.envelopes.append(envelope)

@@ -64,6 +64,8 @@ def test_the_binder_spi_exports_what_a_binder_needs() -> None:
         "X_EXCEPTION_STACKTRACE",
         "Attribute",
         "BaseBinder",
+        "Batching",
+        "BulkProducer",
         "BaseBinding",
         "Binder",
         "BinderContext",
