@@ -84,6 +84,9 @@ def _items_type(hint: Any) -> Any:
         return Any
     items = typing.get_args(hint)
     item = items[0] if items else Any
+    some = [a for a in typing.get_args(item) if a is not type(None)]
+    if len(some) == 1 and typing.get_origin(item) is not Message:
+        item = some[0]  # list[T | None]: None items are skipped
     if typing.get_origin(item) is Message or item is Message:
         inner = typing.get_args(item)
         return inner[0] if inner else Any
