@@ -221,6 +221,7 @@ async def test_metrics_count_every_record_of_a_batch() -> None:
         counts = (metrics.received, metrics.handled, metrics.failed, metrics.retried)
         assert counts == (3, 2, 1, 2)
         assert (metrics.in_flight, sum(metrics.duration_counts)) == (0, 3)
+        assert app._metrics.destination("take-in-0").sent == 3  # the bulk send, per message
 
 
 async def test_a_batch_is_one_process_span_linked_to_each_message_and_one_send_span() -> None:
