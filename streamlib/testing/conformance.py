@@ -633,3 +633,36 @@ class BinderConformance:
         await env.quiet()
         assert started.items == [0, 1, 2, 3]
         assert finished.items == [0, 1, 2, 3]
+
+    async def test_batch_outputs_that_cannot_be_sent_dead_letter_their_records(
+        self, env: Fixture
+    ) -> None:
+        src, out = env.harness.unique("in"), env.harness.unique("out")
+        got: Collector[int] = Collector()
+        consumer = _retry(dlq=True, **{"batch-size": 5, "batch-wait-ms": 100})
+        app = env.app(
+            "unsendable",
+            {
+                "convert-in-0": {"destination": src, "group": "g", "consumer": consumer},
+                "convert-out-0": {"destination": out},
+                "audit-in-0": {"destination": out, "group": "audit"},
+            },
+        )
+
+        @app.processor
+        async def convert(items: list[Item]) -> list[Item]:
+            return [{"key": i.key, "seq": i.seq} for i in items]  # type: ignore[misc]
+
+        @app.sink
+        async def audit(item: Item) -> None:
+            got.add(item.seq)
+
+        await env.start(app)
+        await app.send_many(src, [Item(key="k", seq=s) for s in range(3)], key="k")
+        letters = await env.harness.dead_letters(src, "g", 3)
+        assert sorted(Item.model_validate_json(x.body).seq for x in letters) == [0, 1, 2]
+        for letter in letters:
+            assert _text(letter.headers["x-exception-fqcn"]).endswith("MessageConversionError")
+            assert "returned dict, not Item" in _text(letter.headers["x-exception-message"])
+        await env.quiet()
+        assert got.items == []
