@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
@@ -36,6 +36,11 @@ _partitioner = DefaultPartitioner()
 
 Record = tuple[bytes | None, bytes, Headers]
 
+# Bounds of what a one-record batch adds to its key, value and headers: the batch header and
+# the record's varints (``DefaultRecordBatchBuilder.estimate_size_in_bytes``).
+_SLACK = 128
+_PER_HEADER = 10
+
 
 async def send_many(
     client: ProducerClient, producer: Any, topic: str, envelopes: Sequence[Envelope]
@@ -47,26 +52,24 @@ async def send_many(
     was acknowledged, failed with the first refusal: a PublishError naming the topic and the
     partition.
     """
-    records: list[tuple[int | None, Record]] = []
-    check = client.limits.check
-    for envelope in envelopes:
-        key = envelope.key
-        if isinstance(key, str):
-            key = key.encode()
-        partition = envelope.partition
-        headers = encode_headers(envelope.headers, partition)
-        check(topic, key, envelope.body, headers)
-        records.append((partition, (key, envelope.body, headers)))
-    groups = await _by_partition(producer, topic, records)
+    groups = await _by_partition(client, producer, topic, envelopes)
     limit, _ = client.limits.limit(topic)
-    batches = [_batches(producer, rs, limit, client.batch_size) for rs in groups.values()]
+    # Each partition's next batch is built while its previous one is in flight.
+    building = [
+        (partition, _batches(producer, rs, limit, client.batch_size))
+        for partition, rs in groups.items()
+    ]
     futures: list[tuple[int, asyncio.Future[Any]]] = []
     try:
-        for turn in range(max(map(len, batches), default=0)):
-            for partition, built in zip(groups, batches, strict=True):
-                if turn < len(built):
-                    future = await producer.send_batch(built[turn], topic, partition=partition)
+        while building:
+            unfinished = []
+            for partition, batches in building:
+                batch = next(batches, None)
+                if batch is not None:
+                    future = await producer.send_batch(batch, topic, partition=partition)
                     futures.append((partition, future))
+                    unfinished.append((partition, batches))
+            building = unfinished
     except KafkaError as exc:
         # Refused before it was queued (a full buffer, no metadata): no sequence gap.
         if isinstance(exc, PRODUCER_FATAL):
@@ -78,43 +81,74 @@ async def send_many(
 
 
 async def _by_partition(
-    producer: Any, topic: str, records: list[tuple[int | None, Record]]
+    client: ProducerClient, producer: Any, topic: str, envelopes: Sequence[Envelope]
 ) -> dict[int, list[Record]]:
-    """``records`` grouped by the partition each goes to, each group in the given order."""
+    """The records of ``envelopes`` grouped by the partition each goes to, each group in the
+    given order; every record checked against what ``topic`` refuses (``limits``)."""
     try:
         known = await producer.partitions_for(topic)
     except KafkaError as exc:
         raise to_streamlib(exc, f"publishing to {topic!r}", publish=True) from exc
     every = sorted(known)
     available = list(producer.client.cluster.available_partitions_for_topic(topic) or ())
+    limits = client.limits
+    limit, _ = limits.limit(topic)
+    # Records far below the limit skip the exact size check: its estimate costs more than
+    # the rest of a record's preparation.
+    roomy = limit - _SLACK
+    exact = topic in limits.compacted
     keyless: int | None = None
+    chosen: dict[bytes, int] = {}
     groups: dict[int, list[Record]] = {}
-    for partition, record in records:
+    group: list[Record] = []
+    last_target: int | None = None
+    last_source: Any = None
+    last_partition: int | None = None
+    headers: Headers | None = None
+    header_bytes = 0
+    for envelope in envelopes:
+        key = envelope.key
+        if isinstance(key, str):
+            key = key.encode()
+        body = envelope.body
+        partition = envelope.partition
+        source = envelope.headers
+        # A bulk's messages mostly carry equal headers: encoded once.
+        if headers is None or source != last_source or partition != last_partition:
+            headers = encode_headers(source, partition)
+            header_bytes = sum(len(n) + len(v) + _PER_HEADER for n, v in headers)
+            last_source, last_partition = source, partition
+        if exact or len(body) + (len(key) if key else 0) + header_bytes > roomy:
+            limits.check(topic, key, body, headers)
         if partition is None:
-            key = record[0]
             if key is not None:
-                partition = _partitioner(key, every, available)
+                target = chosen.get(key, -1)
+                if target < 0:
+                    target = chosen[key] = _partitioner(key, every, available)
             else:
                 if keyless is None:
                     keyless = _partitioner(None, every, available)
-                partition = keyless
-        elif partition not in known:
+                target = keyless
+        elif partition in known:
+            target = partition
+        else:
             raise PublishError(
                 f"publishing to {topic!r}: partition {partition} does not exist, the topic "
                 f"has {len(known)} partition(s); check its producer.partition-count",
                 retriable=False,
             )
-        group = groups.get(partition)
-        if group is None:
-            group = groups[partition] = []
-        group.append(record)
+        if target != last_target:
+            found = groups.get(target)
+            group = groups[target] = [] if found is None else found
+            last_target = target
+        group.append((key, body, headers))
     return groups
 
 
-def _batches(producer: Any, records: list[Record], limit: int, batch_size: int) -> list[Any]:
-    """``records`` in as few batches as ``batch_size`` and the topic's ``limit`` allow."""
+def _batches(producer: Any, records: list[Record], limit: int, batch_size: int) -> Iterator[Any]:
+    """``records`` in as few closed batches as ``batch_size`` and the topic's ``limit``
+    allow, each yielded once full."""
     batch = producer.create_batch()
-    built = [batch]
     # The topic's limit counts only when it is below the builder's own size bound.
     small = limit < batch_size
     for key, value, headers in records:
@@ -124,16 +158,15 @@ def _batches(producer: Any, records: list[Record], limit: int, batch_size: int) 
             and batch.size() + record_size(key, value, headers) > limit
         ):
             batch.close()
+            yield batch
             batch = producer.create_batch()
-            built.append(batch)
         if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-            # Full; an empty builder always takes its first record.
+            # Full (append closed it); an empty builder always takes its first record.
+            yield batch
             batch = producer.create_batch()
-            built.append(batch)
             batch.append(timestamp=None, key=key, value=value, headers=headers)
-    for batch in built:
-        batch.close()
-    return built
+    batch.close()
+    yield batch
 
 
 def _all_of(
