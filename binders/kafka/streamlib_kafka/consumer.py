@@ -763,9 +763,10 @@ class KafkaBinding(BaseBinding):
         """The end of the batch starting at ``records[start]``: at most ``size`` records,
         ending before a record redelivered after failed sends (it goes alone)."""
         end = min(start + size, len(records))
-        for i in range(start + 1, end):
-            if state.failure(records[i].offset) is not None:
-                return i
+        if state.redelivering:
+            for i in range(start + 1, end):
+                if state.failure(records[i].offset) is not None:
+                    return i
         return end
 
     @staticmethod
@@ -777,14 +778,17 @@ class KafkaBinding(BaseBinding):
     async def _dispatch_records(self, records: list[Any]) -> list[Outcome]:
         """The outcome of each of ``records``: one ``dispatch_batch`` call for those that
         become envelopes, ``unreadable`` for the others."""
-        envelopes: list[Envelope] = []
         unreadable: dict[int, Outcome] = {}
-        for i, record in enumerate(records):
-            try:
-                envelopes.append(envelope_of(record))
-            except Exception as exc:
-                where = f"{record.topic} partition {record.partition} offset {record.offset}"
-                unreadable[i] = self._dispatch.unreadable(exc, where)
+        try:
+            envelopes = [envelope_of(record) for record in records]
+        except Exception:
+            envelopes = []
+            for i, record in enumerate(records):
+                try:
+                    envelopes.append(envelope_of(record))
+                except Exception as exc:
+                    where = f"{record.topic} partition {record.partition} offset {record.offset}"
+                    unreadable[i] = self._dispatch.unreadable(exc, where)
         outcomes = await self._dispatch.dispatch_batch(envelopes) if envelopes else []
         if len(outcomes) != len(envelopes):
             raise RuntimeError(
@@ -809,6 +813,9 @@ class KafkaBinding(BaseBinding):
         end = self._batch_end(state, records, start, size)
         batch = records[start:end]
         outcomes = await self._dispatch_records(batch)
+        if not state.pending and all(outcome is ACK for outcome in outcomes):
+            state.handled(generation, batch[-1].offset, None)
+            return end
         confirmed: set[int] = set()
         acked = -1
         for i, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
