@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 import pytest
@@ -20,8 +21,10 @@ from batch_binding import (
     shrink_limit,
     wait_committed,
 )
+from pydantic import BaseModel
 from streamlib_kafka.testing import read_topic
 
+from streamlib import StreamApp
 from streamlib.binder import (
     ACK,
     Envelope,
@@ -32,6 +35,8 @@ from streamlib.binder import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+
+Config = Callable[..., dict[str, Any]]
 
 TIMEOUT = 30.0
 OVERSIZED = b"x" * 5000
@@ -155,3 +160,50 @@ async def test_a_batch_whose_output_is_rejected_dead_letters_only_the_record_at_
     # The shared refusal is charged to no record: all are redelivered alone, and record 4
     # fails its two attempts on its own.
     assert alone == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9]
+
+
+class Item(BaseModel):
+    seq: int
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+async def test_a_batch_processor_whose_outputs_are_refused_dead_letters_only_the_one_at_fault(
+    kafka_bootstrap: str,
+    kafka_config: Config,
+    unique: Callable[[str], str],
+    transactional: bool,
+) -> None:
+    source, target, group = unique("bproc-in"), unique("bproc-out"), unique("bproc")
+    await create_topics(kafka_bootstrap, {source: 1, target: 1})
+    consumer = {
+        "batch-size": 10,
+        "batch-wait-ms": 500,
+        "dlq": True,
+        "max-attempts": 2,
+        "transactional": transactional,
+        **FAST_RETRY,
+    }
+    bindings = {
+        "relay-in-0": {"destination": source, "group": group, "consumer": consumer},
+        "relay-out-0": {"destination": target},
+    }
+    app = StreamApp("bproc", config=kafka_config(bindings))
+    calls: list[list[int]] = []
+
+    @app.processor
+    async def relay(items: list[Item]) -> list[str]:
+        calls.append([item.seq for item in items])
+        return ["x" * 5000 if item.seq == 4 else f"out {item.seq}" for item in items]
+
+    async with app.run():
+        await shrink_limit(kafka_bootstrap, target, 2000)
+        await produce(kafka_bootstrap, source, range(10))
+        await wait_committed(kafka_bootstrap, group, {0: 10}, TIMEOUT)
+    read = {"isolation_level": "read_committed"}
+    letters = await read_topic(kafka_bootstrap, f"error.{source}.{group}", 1, TIMEOUT, 0.5, **read)
+    outputs = await read_topic(kafka_bootstrap, target, 9, TIMEOUT, 0.5, **read)
+    assert [orjson.loads(r.value) for r in letters] == [{"seq": 4}]
+    assert b"MESSAGE_SIZE_TOO_LARGE" in dict(letters[0].headers)["x-exception-message"]
+    assert Counter(r.value for r in outputs) == {b"out %d" % s: 1 for s in range(10) if s != 4}
+    assert calls[0] == list(range(10))
+    assert calls[1:] == [[s] for s in [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9]]
