@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+import streamlib_kafka.consumer
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from app_process import create_topics
 from batch_binding import (
     ScriptedBatches,
@@ -207,3 +209,62 @@ async def test_a_batch_processor_whose_outputs_are_refused_dead_letters_only_the
     assert Counter(r.value for r in outputs) == {b"out %d" % s: 1 for s in range(10) if s != 4}
     assert calls[0] == list(range(10))
     assert calls[1:] == [[s] for s in [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9]]
+
+
+async def test_a_record_that_cannot_become_a_message_fails_alone_beside_its_batch(
+    kafka_bootstrap: str, unique: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode = streamlib_kafka.consumer.decode_headers
+
+    def decode_or_fail(raw: Any) -> dict[str, Any]:
+        if any(name == "x-unreadable" for name, _ in raw or ()):
+            raise ValueError("header x-unreadable cannot be read")
+        return decode(raw)
+
+    monkeypatch.setattr(streamlib_kafka.consumer, "decode_headers", decode_or_fail)
+    topic, group = unique("batch-odd"), unique("batch-odd")
+    await create_topics(kafka_bootstrap, {topic: 1})
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for seq in range(6):
+            headers = [("x-unreadable", b"?")] if seq == 2 else []
+            await producer.send_and_wait(
+                topic, orjson.dumps({"seq": seq}), partition=0, headers=headers
+            )
+    finally:
+        await producer.stop()
+
+    async def ack(envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [ACK] * len(envelopes)
+
+    dispatch = ScriptedBatches(10, 0.5, ack)
+    async with kafka_binder(kafka_bootstrap) as binder:
+        await binder.bind_consumer(consumer_spec(topic, group, dlq=True), dispatch)
+        await wait_committed(kafka_bootstrap, group, {0: 6}, TIMEOUT)
+    letters = await read_topic(kafka_bootstrap, f"error.{topic}.{group}", 1, TIMEOUT, 0.5)
+    assert [orjson.loads(r.value) for r in letters] == [{"seq": 2}]
+    assert dict(letters[0].headers)["x-exception-message"] == b"header x-unreadable cannot be read"
+    assert [[seq for _, _, seq in batch] for batch in dispatch.batches] == [[0, 1, 3, 4, 5]]
+
+
+async def test_a_batch_waits_batch_wait_for_more_of_its_partition(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    topic, group = unique("batch-wait"), unique("batch-wait")
+    await create_topics(kafka_bootstrap, {topic: 1})
+
+    async def ack(envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [ACK] * len(envelopes)
+
+    # A wait far longer than the pause between the two sends: the first five records wait
+    # for the other five, and the batch is handed over once it is full.
+    dispatch = ScriptedBatches(10, 10.0, ack)
+    async with kafka_binder(kafka_bootstrap) as binder:
+        await binder.bind_consumer(consumer_spec(topic, group), dispatch)
+        await produce(kafka_bootstrap, topic, range(5))
+        await asyncio.sleep(0.5)
+        assert dispatch.batches == []
+        await produce(kafka_bootstrap, topic, range(5, 10))
+        await wait_committed(kafka_bootstrap, group, {0: 10}, TIMEOUT)
+    assert [[seq for _, _, seq in batch] for batch in dispatch.batches] == [list(range(10))]
