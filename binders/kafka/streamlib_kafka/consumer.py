@@ -738,7 +738,8 @@ class KafkaBinding(BaseBinding):
     ) -> None:
         """Extend ``records`` with the partition's records fetched since, until there are
         ``batching.size`` of them: those already queued for the worker, then those fetched
-        within ``batching.wait`` seconds. A pause or a revoke ends the wait."""
+        within ``batching.wait`` seconds. A pause, a revoke or ``max-in-flight`` records in
+        hand end the wait."""
         deadline = asyncio.get_running_loop().time() + batching.wait
         batches = worker.batches
         while len(records) < batching.size and state.accepts(generation) and not self._paused:
@@ -751,7 +752,8 @@ class KafkaBinding(BaseBinding):
                     break
             else:
                 remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
+                # At max-in-flight nothing more is fetched until records in hand are handled.
+                if remaining <= 0 or self._in_flight >= self._max_in_flight:
                     break
                 worker.wake.clear()
                 with contextlib.suppress(TimeoutError):

@@ -268,3 +268,24 @@ async def test_a_batch_waits_batch_wait_for_more_of_its_partition(
         await produce(kafka_bootstrap, topic, range(5, 10))
         await wait_committed(kafka_bootstrap, group, {0: 10}, TIMEOUT)
     assert [[seq for _, _, seq in batch] for batch in dispatch.batches] == [list(range(10))]
+
+
+async def test_batches_stay_within_max_in_flight_and_release_it(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    topic, group = unique("batch-room"), unique("batch-room")
+    await create_topics(kafka_bootstrap, {topic: 1})
+    await produce(kafka_bootstrap, topic, range(300))
+
+    async def ack(envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return [ACK] * len(envelopes)
+
+    # Fetching stops at 30 records in hand: a batch never holds more, and each handled batch
+    # makes room for the next fetch (a leak would stall the partition before offset 300).
+    dispatch = ScriptedBatches(100, 0.2, ack)
+    async with kafka_binder(kafka_bootstrap) as binder:
+        spec = consumer_spec(topic, group, **{"max-in-flight": 30})
+        await binder.bind_consumer(spec, dispatch)
+        await wait_committed(kafka_bootstrap, group, {0: 300}, TIMEOUT)
+    assert max(len(batch) for batch in dispatch.batches) == 30
+    assert dispatch.seqs == list(range(300))
