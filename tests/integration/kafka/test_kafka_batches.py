@@ -289,3 +289,31 @@ async def test_batches_stay_within_max_in_flight_and_release_it(
         await wait_committed(kafka_bootstrap, group, {0: 300}, TIMEOUT)
     assert max(len(batch) for batch in dispatch.batches) == 30
     assert dispatch.seqs == list(range(300))
+
+
+async def test_stop_finishes_the_batch_in_hand_commits_it_and_handles_no_more(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    topic, group = unique("batch-stop"), unique("batch-stop")
+    await create_topics(kafka_bootstrap, {topic: 1})
+    await produce(kafka_bootstrap, topic, range(20))
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(envelopes: Sequence[Envelope]) -> list[Outcome]:
+        holding.set()
+        await release.wait()
+        return [ACK] * len(envelopes)
+
+    dispatch = ScriptedBatches(5, 0.5, hold)
+    async with kafka_binder(kafka_bootstrap) as binder:
+        binding = await binder.bind_consumer(consumer_spec(topic, group), dispatch)
+        async with asyncio.timeout(TIMEOUT):
+            await holding.wait()
+        stopping = asyncio.create_task(binding.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done(), "stop did not wait for the batch in hand"
+        release.set()
+        await stopping
+        assert await committed(kafka_bootstrap, group) == {0: 5}
+    assert [[seq for _, _, seq in batch] for batch in dispatch.batches] == [list(range(5))]
