@@ -317,3 +317,35 @@ async def test_stop_finishes_the_batch_in_hand_commits_it_and_handles_no_more(
         await stopping
         assert await committed(kafka_bootstrap, group) == {0: 5}
     assert [[seq for _, _, seq in batch] for batch in dispatch.batches] == [list(range(5))]
+
+
+async def test_a_rebalance_mid_batch_loses_nothing_and_commits_every_record(
+    kafka_bootstrap: str, unique: Callable[[str], str]
+) -> None:
+    topic, group = unique("batch-rebalance"), unique("batch-rebalance")
+    await create_topics(kafka_bootstrap, {topic: 2})
+    await produce(kafka_bootstrap, topic, range(800), key=lambda seq: b"k%d" % (seq % 4))
+
+    async def slow(envelopes: Sequence[Envelope]) -> list[Outcome]:
+        await asyncio.sleep(0.05)
+        return [ACK] * len(envelopes)
+
+    first, second = ScriptedBatches(10, 0.0, slow), ScriptedBatches(10, 0.0, slow)
+    settings = {"consumer": {"session-timeout-ms": 6000, "heartbeat-interval-ms": 500}}
+    async with kafka_binder(kafka_bootstrap, **settings) as a:
+        await a.bind_consumer(consumer_spec(topic, group), first)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while len(first.seqs) < 100 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        async with kafka_binder(kafka_bootstrap, **settings) as b:
+            # Joining makes the group take partitions from the first member mid-batch.
+            await b.bind_consumer(consumer_spec(topic, group), second)
+            while len(set(first.seqs) | set(second.seqs)) < 800 and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            handled = {(p, o) for d in (first, second) for batch in d.batches for p, o, _ in batch}
+            ends = {p: 1 + max(o for q, o in handled if q == p) for p, _ in handled}
+            await wait_committed(kafka_bootstrap, group, ends, TIMEOUT)
+    assert len(handled) == 800 == sum(ends.values())
+    assert second.batches, "the second member got no partition"
+    assert all(len(batch) <= 10 for d in (first, second) for batch in d.batches)
