@@ -9,7 +9,8 @@ partition per keyless record, so one choice per call keeps them together in big 
 Each partition's records fill ``create_batch()`` builders in order, a new one whenever
 ``append`` says the builder is full (``producer.batch-size``, or the topic's
 ``max.message.bytes`` when that is smaller); the builders go to ``send_batch`` in turns across
-partitions, so every partition's first batch is queued before any partition's second. Batches
+partitions, so every partition's first batch is queued before any partition's second, and a
+partition's next batch is built while its previous one is in flight. Batches
 carry the producer's id and sequence numbers (idempotence) and join the open transaction of a
 transactional producer, exactly as records of ``send`` do.
 """
@@ -48,9 +49,10 @@ async def send_many(
     """Queue every one of ``envelopes`` on ``producer`` in record batches per partition.
 
     Nothing is queued when a record cannot fit ``topic`` or names a partition the topic does
-    not have (PublishError, not retriable). Returns one future that is done once every batch
-    was acknowledged, failed with the first refusal: a PublishError naming the topic and the
-    partition.
+    not have (PublishError, not retriable). When aiokafka refuses to queue a batch (a full
+    buffer, no metadata) the mapped PublishError is raised; batches queued before it may still
+    be delivered. Returns one future that is done once every batch was acknowledged, failed
+    with the first refusal: a PublishError naming the topic and the partition.
     """
     groups = await _by_partition(client, producer, topic, envelopes)
     limit, _ = client.limits.limit(topic)
