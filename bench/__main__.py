@@ -10,6 +10,7 @@ import importlib
 import sys
 
 SUITES = {"kafka": "bench.kafka_bench", "rabbit": "bench.rabbit_bench"}
+SUITES["kafka-batch"] = "bench.kafka_batch"
 
 
 def main(argv: list[str]) -> int:

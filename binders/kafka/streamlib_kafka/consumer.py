@@ -28,6 +28,7 @@ from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untype
 from streamlib.binder import (
     ACK,
     BaseBinding,
+    Batching,
     BindingError,
     ConsumerSpec,
     Dispatcher,
@@ -269,6 +270,8 @@ class KafkaBinding(BaseBinding):
             loop = asyncio.get_running_loop()
             tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = [("fetch", self._fetch)]
             work = self._work if self._new_transactional is None else self._work_transactional
+            if self._dispatch.batching is not None:
+                work = self._work_batches
             if self._new_transactional is None:
                 tasks.append(("commit", self._commit_periodically))
             for i, w in enumerate(self._workers):
@@ -636,23 +639,36 @@ class KafkaBinding(BaseBinding):
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
             await producer.commit_transaction()
         except Exception as exc:
-            for _, confirmation, _ in sent:
-                confirmation.future.add_done_callback(_retrieve)
-            if isinstance(exc, _Rejected) and len(exc.offsets) > 1:
-                rewind = state.failed_together(generation, exc.offsets, exc.error)
-            elif isinstance(exc, _Rejected):
-                rewind = state.failed(generation, exc.offset, exc.error, exc.dead_letter)
-            else:
-                rewind = state.failed(generation, records[start].offset, exc)
-            self._rewound(state, rewind)
-            if producer is not None:
-                await self._after_abort(state, producer, exc)
-            else:
-                await asyncio.sleep(1.0)
+            await self._abandon(state, generation, records[start].offset, exc, sent, producer)
             return len(records)
         if index > start:
             state.transacted(generation, records[index - 1].offset + 1)
         return index
+
+    async def _abandon(
+        self,
+        state: _Partition,
+        generation: int,
+        first: int,
+        exc: Exception,
+        sent: list[tuple[int, Confirmation, bool]],
+        producer: Any,
+    ) -> None:
+        """A transaction starting at offset ``first`` failed with ``exc``: rewind the
+        partition, charging the failure to the records it names, and abort."""
+        for _, confirmation, _ in sent:
+            confirmation.future.add_done_callback(_retrieve)
+        if isinstance(exc, _Rejected) and len(exc.offsets) > 1:
+            rewind = state.failed_together(generation, exc.offsets, exc.error)
+        elif isinstance(exc, _Rejected):
+            rewind = state.failed(generation, exc.offset, exc.error, exc.dead_letter)
+        else:
+            rewind = state.failed(generation, first, exc)
+        self._rewound(state, rewind)
+        if producer is not None:
+            await self._after_abort(state, producer, exc)
+        else:
+            await asyncio.sleep(1.0)
 
     async def _after_abort(self, state: _Partition, producer: Any, exc: Exception) -> None:
         """Abort the failed transaction and replace the producer: a rejected send leaves
@@ -676,6 +692,212 @@ class KafkaBinding(BaseBinding):
             return
         if state.producer is producer:
             await self._close_producers([state])
+
+    async def _work_batches(self, worker: _Worker) -> None:
+        """Like ``_work`` (or ``_work_transactional``), for a handler that takes a list:
+        the records of one partition go to ``dispatch_batch`` in batches of at most
+        ``batch-size`` (see ``_gather`` for how long it waits for more)."""
+        batching = self._dispatch.batching
+        assert batching is not None
+        handle = self._handle_batch if self._new_transactional is None else self._transact_batch
+        batches = worker.batches
+        while True:
+            if not batches:
+                worker.wake.clear()
+                await worker.wake.wait()
+                continue
+            state, generation, records = batches.popleft()
+            try:
+                if len(records) < batching.size:
+                    await self._gather(worker, state, generation, records, batching)
+                start = 0
+                while start < len(records):
+                    if self._paused:
+                        await self._resumed.wait()
+                    if not state.accepts(generation):
+                        break
+                    worker.current = state
+                    start = await handle(state, generation, records, start, batching.size)
+                    worker.current = None
+            except Exception:
+                self._redeliver(state)
+                raise
+            finally:
+                worker.current = None
+                self._in_flight -= len(records)
+                if self._in_flight < self._max_in_flight:
+                    self._room.set()
+
+    async def _gather(
+        self,
+        worker: _Worker,
+        state: _Partition,
+        generation: int,
+        records: list[Any],
+        batching: Batching,
+    ) -> None:
+        """Extend ``records`` with the partition's records fetched since, until there are
+        ``batching.size`` of them: those already queued for the worker, then those fetched
+        within ``batching.wait`` seconds. A pause, a revoke or ``max-in-flight`` records in
+        hand end the wait."""
+        deadline = asyncio.get_running_loop().time() + batching.wait
+        batches = worker.batches
+        while len(records) < batching.size and state.accepts(generation) and not self._paused:
+            for i, (queued, queued_generation, more) in enumerate(batches):
+                if queued is state:
+                    if queued_generation != generation:
+                        return
+                    del batches[i]
+                    records.extend(more)
+                    break
+            else:
+                remaining = deadline - asyncio.get_running_loop().time()
+                # At max-in-flight nothing more is fetched until records in hand are handled.
+                if remaining <= 0 or self._in_flight >= self._max_in_flight:
+                    break
+                worker.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await worker.wake.wait()
+
+    @staticmethod
+    def _batch_end(state: _Partition, records: list[Any], start: int, size: int) -> int:
+        """The end of the batch starting at ``records[start]``: at most ``size`` records,
+        ending before a record redelivered after failed sends (it goes alone)."""
+        end = min(start + size, len(records))
+        if state.redelivering:
+            for i in range(start + 1, end):
+                if state.failure(records[i].offset) is not None:
+                    return i
+        return end
+
+    @staticmethod
+    def _alone(state: _Partition, record: Any) -> bool:
+        """Whether ``record`` is handled as a batch of one by the one-record path: it is
+        redelivered after failed sends, or its partition isolates it."""
+        return state.isolating(record.offset) or state.failure(record.offset) is not None
+
+    async def _dispatch_records(self, records: list[Any]) -> list[Outcome]:
+        """The outcome of each of ``records``: one ``dispatch_batch`` call for those that
+        become envelopes, ``unreadable`` for the others."""
+        unreadable: dict[int, Outcome] = {}
+        try:
+            envelopes = [envelope_of(record) for record in records]
+        except Exception:
+            envelopes = []
+            for i, record in enumerate(records):
+                try:
+                    envelopes.append(envelope_of(record))
+                except Exception as exc:
+                    where = f"{record.topic} partition {record.partition} offset {record.offset}"
+                    unreadable[i] = self._dispatch.unreadable(exc, where)
+        outcomes = await self._dispatch.dispatch_batch(envelopes) if envelopes else []
+        if len(outcomes) != len(envelopes):
+            raise RuntimeError(
+                f"binding {self.name!r}: the dispatcher returned {len(outcomes)} outcome(s) "
+                f"for a batch of {len(envelopes)} message(s)"
+            )
+        if not unreadable:
+            return outcomes
+        handed = iter(outcomes)
+        return [unreadable[i] if i in unreadable else next(handed) for i in range(len(records))]
+
+    async def _handle_batch(
+        self, state: _Partition, generation: int, records: list[Any], start: int, size: int
+    ) -> int:
+        """Dispatch the batch starting at ``records[start]`` and note each outcome in offset
+        order, as ``_handle`` does for one; returns the index after the batch. A pending
+        confirmation that is not ours is awaited once; its failure is shared by every
+        record of the batch that waited for it."""
+        if self._alone(state, records[start]):
+            await self._handle(state, generation, records[start])
+            return start + 1
+        end = self._batch_end(state, records, start, size)
+        batch = records[start:end]
+        outcomes = await self._dispatch_records(batch)
+        if not state.pending and all(outcome is ACK for outcome in outcomes):
+            state.handled(generation, batch[-1].offset, None)
+            return end
+        confirmed: set[int] = set()
+        acked = -1
+        for i, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+            pending = outcome.pending
+            if pending is not None and not isinstance(pending, Confirmation):
+                if id(pending) not in confirmed:
+                    try:
+                        await pending
+                    except Exception as exc:
+                        if acked >= 0:
+                            state.handled(generation, acked, None)
+                        sharing = [
+                            r.offset
+                            for r, o in zip(batch[i:], outcomes[i:], strict=True)
+                            if o.pending is pending
+                        ]
+                        self._rewound(state, state.failed_together(generation, sharing, exc))
+                        return end
+                    confirmed.add(id(pending))
+                outcome = Outcome(failure=outcome.failure)
+            if outcome.failure is None and outcome.pending is None and not state.pending:
+                acked = record.offset
+                continue
+            if acked >= 0:
+                state.handled(generation, acked, None)
+                acked = -1
+            await self._settle(state, generation, record, outcome)
+            if not state.accepts(generation):
+                return end
+        if acked >= 0:
+            state.handled(generation, acked, None)
+        return end
+
+    async def _transact_batch(
+        self, state: _Partition, generation: int, records: list[Any], start: int, size: int
+    ) -> int:
+        """One transaction over the batch starting at ``records[start]``: its outputs, dead
+        letters and consumed offsets commit together, or it is aborted and the partition
+        rewinds (see ``_transact``). Returns the index after the batch."""
+        if self._alone(state, records[start]):
+            return start + await self._transact(state, generation, records[start : start + 1], 0)
+        end = self._batch_end(state, records, start, size)
+        batch = records[start:end]
+        sent: list[tuple[int, Confirmation, bool]] = []
+        producer = None
+        try:
+            producer = await self._transactional_producer(state)
+            current_transaction.set(Transaction(producer, self._producer))
+            await producer.begin_transaction()
+            outcomes = await self._dispatch_records(batch)
+            confirmed: set[int] = set()
+            for i, (record, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+                pending = outcome.pending
+                if isinstance(pending, Confirmation):
+                    sent.append((record.offset, pending, False))
+                elif pending is not None and id(pending) not in confirmed:
+                    try:
+                        await pending
+                    except Exception as exc:
+                        sharing = [
+                            r.offset
+                            for r, o in zip(batch[i:], outcomes[i:], strict=True)
+                            if o.pending is pending
+                        ]
+                        raise _Rejected(record.offset, False, exc, sharing) from exc
+                    confirmed.add(id(pending))
+                if outcome.failure is not None:
+                    letter = await _attributed(
+                        record.offset, True, self._dead_letter(record, outcome.failure, producer)
+                    )
+                    sent.append((record.offset, letter, True))
+            await _confirm_all(sent)
+            next_offset = batch[-1].offset + 1
+            await producer.send_offsets_to_transaction({state.tp: next_offset}, self._group_id)
+            await producer.commit_transaction()
+        except Exception as exc:
+            await self._abandon(state, generation, batch[0].offset, exc, sent, producer)
+            return len(records)
+        state.transacted(generation, next_offset)
+        return end
 
     async def _settle(
         self, state: _Partition, generation: int, record: Any, outcome: Outcome

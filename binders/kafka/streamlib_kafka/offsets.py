@@ -141,6 +141,11 @@ class PartitionOffsets:
         before the next record is handled, so a failure is charged to it alone."""
         return offset <= self.isolate_until
 
+    @property
+    def redelivering(self) -> bool:
+        """Whether any record is redelivered because its sends failed (see ``failure``)."""
+        return bool(self._failures)
+
     def failure(self, offset: int) -> SendFailure | None:
         """The failed sends of a redelivered record, if its earlier attempts failed so."""
         return self._failures.get(offset)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from streamlib.binder import Envelope, PublishError
 
+from .bulk import send_many as send_batches
 from .errors import PRODUCER_FATAL, KafkaError, describe, mapped, start_client, to_streamlib
 from .headers import encode_headers
 from .limits import Headers, RecordLimits
@@ -73,6 +74,7 @@ class ProducerClient:
         self._kwargs = kwargs
         self.limits = limits
         self._idempotent = bool(kwargs.get("enable_idempotence"))
+        self.batch_size: int = kwargs.get("max_batch_size", 16384)
         self._producer: Any = None
         self._broken: str | None = None
         self._lock = asyncio.Lock()
@@ -225,6 +227,18 @@ class KafkaProducer:
             partition,
             encode_headers(envelope.headers, partition),
         )
+
+    async def send_many(self, envelopes: Sequence[Envelope]) -> Confirmation:
+        """Queue all of ``envelopes`` in record batches per partition (see ``bulk``), in
+        the current transaction if there is one; one confirmation for all of them."""
+        client = self._client
+        transaction = current_transaction.get()
+        if transaction is None or transaction.owner is not client:
+            producer = await client.get()
+        else:
+            producer = transaction.producer
+        future = await send_batches(client, producer, self._topic, envelopes)
+        return Confirmation(future, self._topic)
 
     async def aclose(self) -> None:
         await self._client.flush()
