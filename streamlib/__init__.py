@@ -21,6 +21,7 @@ from .config import (
     load_config,
 )
 from .errors import (
+    BatchFailed,
     BinderNotFoundError,
     BindingError,
     BrokerError,
@@ -39,6 +40,7 @@ __all__ = [
     "ACK",
     "Attribute",
     "BaseBinder",
+    "BatchFailed",
     "Binder",
     "BinderContext",
     "BinderNotFoundError",

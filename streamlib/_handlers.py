@@ -37,6 +37,9 @@ class Handler:
     """What the function is annotated to return (``T`` of ``Message[T]``, ``None`` removed)."""
     check_result: ResultCheck | None = None
     """Raises MessageConversionError naming the handler when a result is not ``result_type``."""
+    batch: bool = False
+    """The function takes a list (``list[T]`` or ``list[Message[T]]``): ``payload_type`` is
+    the item type, and a processor's ``result_type`` that of its returned list's items."""
 
     @property
     def input_binding(self) -> str | None:
@@ -47,7 +50,10 @@ class Handler:
         return None if self.kind is Kind.SINK else f"{self.name}-out-0"
 
 
-def _payload_type(fn: Callable[..., Any], kind: Kind, hints: dict[str, Any]) -> tuple[Any, bool]:
+def _payload_type(
+    fn: Callable[..., Any], kind: Kind, hints: dict[str, Any]
+) -> tuple[Any, bool, bool]:
+    """(payload type, takes ``Message``, takes a list) of a sink's or processor's parameter."""
     params = [
         p
         for p in inspect.signature(fn).parameters.values()
@@ -58,10 +64,33 @@ def _payload_type(fn: Callable[..., Any], kind: Kind, hints: dict[str, Any]) -> 
             "", f"{kind.value} {fn.__qualname__} must take exactly one argument (the payload)"
         )
     hint = hints.get(params[0].name, Any)
+    batch = typing.get_origin(hint) is list or hint is list
+    if batch:
+        items = typing.get_args(hint)
+        hint = items[0] if items else Any
     if typing.get_origin(hint) is Message or hint is Message:
         args = typing.get_args(hint)
-        return (args[0] if args else Any), True
-    return hint, False
+        return (args[0] if args else Any), True, batch
+    return hint, False, batch
+
+
+def _items_type(hint: Any) -> Any:
+    """The item type of a batch processor's annotated result (``list[T]``, ``list[T] | None``,
+    ``list[Message[T]]``); ``Any`` where it is no list."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and typing.get_origin(hint) is not list:
+        hint = args[0]  # Optional[list[T]]
+    if typing.get_origin(hint) is not list:
+        return Any
+    items = typing.get_args(hint)
+    item = items[0] if items else Any
+    some = [a for a in typing.get_args(item) if a is not type(None)]
+    if len(some) == 1 and typing.get_origin(item) is not Message:
+        item = some[0]  # list[T | None]: None items are skipped
+    if typing.get_origin(item) is Message or item is Message:
+        inner = typing.get_args(item)
+        return inner[0] if inner else Any
+    return item
 
 
 def _result_type(hints: dict[str, Any]) -> Any:
@@ -155,11 +184,11 @@ def make_handler(fn: Callable[..., Any], kind: Kind, interval: float | None = No
         result = _result_type(hints)
         check = result_checker(result, f"source {name}")
         return Handler(kind, name, call, None, False, interval, result, check)
-    payload_type, wants_message = _payload_type(fn, kind, hints)
+    payload_type, wants_message, batch = _payload_type(fn, kind, hints)
     call = _awaitable_call(fn, name, True)
     if kind is Kind.PROCESSOR:
-        result = _result_type(hints)
+        result = _items_type(hints.get("return", Any)) if batch else _result_type(hints)
         check = result_checker(result, f"processor {name}")
     else:
         result, check = None, None
-    return Handler(kind, name, call, payload_type, wants_message, None, result, check)
+    return Handler(kind, name, call, payload_type, wants_message, None, result, check, batch)

@@ -69,6 +69,12 @@ class BindingMetrics:
         self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
 
+    def observe_many(self, seconds: float, count: int) -> None:
+        """``count`` messages that reached their outcome together after ``seconds`` (a
+        batch)."""
+        self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += count
+        self.duration_sum += seconds * count
+
 
 class DestinationMetrics:
     """Sends to one destination: confirmed by the broker, and refused or failed."""
@@ -82,6 +88,11 @@ class DestinationMetrics:
     def confirmed(self, confirm: Awaitable[None]) -> Awaitable[None]:
         """``confirm``, counting the send as sent or failed when it is awaited."""
         return _Counted(confirm, self)
+
+    def confirmed_many(self, confirm: Awaitable[None], count: int) -> Awaitable[None]:
+        """``confirm`` of a bulk send of ``count`` messages, counting them all as sent or as
+        failed when it is awaited (the broker confirms or fails a bulk together)."""
+        return _CountedMany(confirm, self, count)
 
 
 class _Counted:
@@ -101,6 +112,25 @@ class _Counted:
             self._metrics.send_failures += 1
             raise
         self._metrics.sent += 1
+
+
+class _CountedMany:
+    """A bulk send's confirmation that counts its ``count`` messages when awaited."""
+
+    __slots__ = ("_confirm", "_count", "_metrics")
+
+    def __init__(self, confirm: Awaitable[None], metrics: DestinationMetrics, count: int) -> None:
+        self._confirm = confirm
+        self._metrics = metrics
+        self._count = count
+
+    def __await__(self) -> Generator[Any, None, None]:
+        try:
+            yield from self._confirm.__await__()
+        except Exception:
+            self._metrics.send_failures += self._count
+            raise
+        self._metrics.sent += self._count
 
 
 class ObservedDispatcher:
@@ -133,7 +163,20 @@ class ObservedDispatcher:
         return self._inner.batching
 
     async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        return [await self(envelope) for envelope in envelopes]
+        """Every record counted as received; each reaches its outcome when the batch does
+        (retries of its failed records included)."""
+        if not envelopes:
+            return []
+        metrics = self._metrics
+        metrics.received += len(envelopes)
+        token = _logs.enter(self._binding, envelopes[0].destination) if self._logs else None
+        start = time.perf_counter()
+        try:
+            return await self._inner.dispatch_batch(envelopes)
+        finally:
+            metrics.observe_many(time.perf_counter() - start, len(envelopes))
+            if token is not None:
+                _logs.leave(token)
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
         self._metrics.received += 1

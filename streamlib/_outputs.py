@@ -7,14 +7,14 @@ import importlib
 import logging
 import typing
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
 from pydantic import BaseModel
 
 from ._metrics import DestinationMetrics
-from .binder import Producer
+from .binder import DONE, BulkProducer, Producer
 from .config import BindingProperties, did_you_mean
 from .converters import encode
 from .errors import ConfigError, MessageConversionError
@@ -105,6 +105,61 @@ def check_partition_key(expression: str | None, model: Any, key: str, handler: s
             target = args[0]
 
 
+class AllConfirmed:
+    """The confirmation of several sends as one, which may be awaited any number of times
+    (the records of a batch share it): the first await waits for every one of them, later
+    awaits return or raise as it did (the first failure; all are waited for)."""
+
+    __slots__ = ("_confirms", "_done", "_error", "_waiters")
+
+    def __init__(self, confirms: Iterable[Awaitable[None]]) -> None:
+        self._confirms = list(confirms)
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._done:
+            if self._error is not None:
+                raise self._error
+            return
+        if self._waiters is not None:  # another await is waiting for the sends already
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            yield from waiter.__await__()
+            return
+        self._waiters = []
+        error: BaseException | None = None
+        try:
+            for confirm in self._confirms:
+                try:
+                    yield from confirm.__await__()
+                except Exception as exc:
+                    error = error or exc
+        except BaseException:
+            waiters, self._waiters = self._waiters, None
+            for waiting in waiters:
+                waiting.cancel()
+            raise
+        self._done, self._error, self._confirms = True, error, []
+        waiters, self._waiters = self._waiters, None
+        for waiting in waiters:
+            if error is None:
+                waiting.set_result(None)
+            else:
+                waiting.set_exception(error)
+        if error is not None:
+            raise error
+
+
+async def send_each(producer: Producer, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+    """Hand ``envelopes`` to ``producer`` in order, in one bulk where it can; the confirmation
+    of all of them."""
+    if isinstance(producer, BulkProducer):
+        return await producer.send_many(envelopes)
+    return AllConfirmed([await producer.send(envelope) for envelope in envelopes])
+
+
 class Output:
     """One output binding: turns payloads into envelopes and hands them to its producer."""
 
@@ -175,6 +230,32 @@ class Output:
             raise
         return confirm if self._metrics is None else self._metrics.confirmed(confirm)
 
+    async def send_many(
+        self, items: Iterable[Any], key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> Awaitable[None]:
+        """Send ``items`` (payloads or ``Message``s) in order, as one bulk where the producer
+        is a ``BulkProducer`` (else one send each); ``key`` and ``headers`` apply to every
+        item, as in ``send``. The one confirmation of all of them, which may be
+        awaited more than once."""
+        envelopes = [self.envelope(item, key, headers) for item in items]
+        if not envelopes:
+            return DONE
+        try:
+            if self._traced is None:
+                confirm = await self._send_each(envelopes)
+            else:
+                confirm = await self._traced.send_many(self._send_each, envelopes)
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.send_failures += len(envelopes)
+            raise
+        if self._metrics is not None:
+            confirm = self._metrics.confirmed_many(confirm, len(envelopes))
+        return AllConfirmed([confirm])
+
+    async def _send_each(self, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+        return await send_each(self.producer, envelopes)
+
 
 class _Cached:
     __slots__ = ("evicted", "output", "users")
@@ -212,6 +293,20 @@ class DynamicOutputs:
         entry = await self._acquire(destination)
         try:
             return await entry.output.send(payload, key, headers)
+        finally:
+            await self._release(entry)
+
+    async def send_many(
+        self,
+        destination: str,
+        items: Iterable[Any],
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        """``Output.send_many`` through the output of ``destination`` (bound if needed)."""
+        entry = await self._acquire(destination)
+        try:
+            return await entry.output.send_many(items, key, headers)
         finally:
             await self._release(entry)
 
@@ -276,6 +371,13 @@ class Sender(Protocol):
         """Hand the message over; awaiting the result waits for the broker's confirmation."""
         ...
 
+    async def send_many(
+        self, items: Iterable[Any], key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> Awaitable[None]:
+        """Hand ``items`` over in order (one bulk where the binder can); awaiting the result
+        waits for the broker's confirmation of all of them."""
+        ...
+
 
 class DynamicOutput:
     """A destination in the app's ``DynamicOutputs``: each send binds it again if evicted."""
@@ -288,3 +390,8 @@ class DynamicOutput:
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> Awaitable[None]:
         return await self._outputs.send(self.destination, payload, key, headers)
+
+    async def send_many(
+        self, items: Iterable[Any], key: Any = None, headers: Mapping[str, Any] | None = None
+    ) -> Awaitable[None]:
+        return await self._outputs.send_many(self.destination, items, key, headers)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -16,12 +16,21 @@ from pydantic import BaseModel
 
 from . import _logs, _metrics, config_server
 from ._banner import log_banner
+from ._batch_dispatch import BatchDispatcher
 from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
 from ._management import ManagementServer, check_installed
-from ._outputs import DynamicOutput, DynamicOutputs, Output, Sender, check_partition_key
+from ._outputs import (
+    AllConfirmed,
+    DynamicOutput,
+    DynamicOutputs,
+    Output,
+    Sender,
+    check_partition_key,
+)
 from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import (
+    Batching,
     Binder,
     BinderContext,
     Binding,
@@ -40,7 +49,13 @@ from .config import (
     normalize_key,
 )
 from .converters import PayloadDecoder
-from .errors import ConfigError, ConfigServerError, StreamlibError
+from .errors import (
+    BatchFailed,
+    ConfigError,
+    ConfigServerError,
+    MessageConversionError,
+    StreamlibError,
+)
 from .messages import Message
 from .refresh import (
     BindingDefaults,
@@ -375,6 +390,7 @@ class StreamApp:
             self._binder_for(name, p)
             cfg.check_partitions(name, p)
         for handler in self._handlers.values():
+            self._check_batch_settings(handler, cfg)
             out = handler.output_binding
             if out:
                 check_partition_key(
@@ -384,6 +400,22 @@ class StreamApp:
                     handler.name,
                 )
         return props
+
+    @staticmethod
+    def _check_batch_settings(handler: Handler, cfg: StreamConfig) -> None:
+        """Fail on ``batch-size``/``batch-wait-ms`` set on the binding of a handler that takes
+        one message (under ``default:`` they are for the bindings of batch handlers)."""
+        name = handler.input_binding
+        if name is None or handler.batch:
+            return
+        own = cfg.own_consumer_fields(name)
+        for field, key in (("batch_size", "batch-size"), ("batch_wait_ms", "batch-wait-ms")):
+            if field in own:
+                raise ConfigError(
+                    f"bindings.{name}.consumer.{key}",
+                    f"{handler.kind.value} {handler.name} takes one message, not a list "
+                    "(batch settings are for a handler that takes list[T])",
+                )
 
     def _check_inputs_have_handlers(self, cfg: StreamConfig) -> None:
         """Fail on a configured ``<name>-in-<n>`` binding that no handler consumes when it
@@ -445,11 +477,24 @@ class StreamApp:
             return await out.send(payload, key, headers)
         return await self._dynamic.send(destination, payload, key, headers)
 
+    async def _send_many(
+        self,
+        destination: str,
+        items: Iterable[Any],
+        key: Any = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        out = self._outputs.get(destination)
+        if out is not None:
+            return await out.send_many(items, key, headers)
+        return await self._dynamic.send_many(destination, items, key, headers)
+
     def _reported(
         self, handler: Handler, call: Callable[[Any], Awaitable[T]]
     ) -> Callable[[Any], Awaitable[T]]:
-        """``call``, telling the error listeners (a test) of each exception it raises; the
-        exception still goes on to retry, DLQ or the log."""
+        """``call``, telling the error listeners (a test) of each exception it raises (of
+        each record's, for ``BatchFailed``); the exception still goes on to retry, DLQ or the
+        log."""
         if not self._error_listeners:
             return call
         listeners = list(self._error_listeners)
@@ -457,6 +502,12 @@ class StreamApp:
         async def reported(arg: Any) -> T:
             try:
                 return await call(arg)
+            except BatchFailed as exc:
+                for failure in exc.failures.values():
+                    if isinstance(failure, Exception):
+                        for listener in listeners:
+                            listener(handler.name, failure)
+                raise
             except Exception as exc:
                 for listener in listeners:
                     listener(handler.name, exc)
@@ -481,23 +532,70 @@ class StreamApp:
                     return await self._send(result.destination, result)
                 return await self._outputs[out_name].send(result)
 
-            emit = self._reported(handler, send_result)
+            emit = self._reported(
+                handler, self._batch_emit(handler) if handler.batch else send_result
+            )
 
         decoder = (
             _ReportedDecoder(handler, self._error_listeners, props.content_type)
             if self._error_listeners
             else PayloadDecoder(handler.payload_type, props.content_type)
         )
+        metrics = self._metrics.binding(name) if self._metrics is not None else None
+        policy = RetryPolicy.from_properties(props.consumer)
+        call = self._reported(handler, handler.call)
+        if handler.batch:
+            batching = Batching(props.consumer.batch_size, props.consumer.batch_wait_ms / 1000)
+            return BatchDispatcher(
+                name,
+                call,
+                decoder,
+                handler.wants_message,
+                policy,
+                props.consumer.dlq,
+                emit,
+                metrics,
+                batching,
+            )
         return HandlerDispatcher(
-            name,
-            self._reported(handler, handler.call),
-            decoder,
-            handler.wants_message,
-            RetryPolicy.from_properties(props.consumer),
-            props.consumer.dlq,
-            emit,
-            self._metrics.binding(name) if self._metrics is not None else None,
+            name, call, decoder, handler.wants_message, policy, props.consumer.dlq, emit, metrics
         )
+
+    def _batch_emit(self, handler: Handler) -> Callable[[Any], Awaitable[Awaitable[None] | None]]:
+        """How a batch processor's returned list is sent: its non-None items checked, then one
+        bulk send per destination (a ``Message``'s own, else the output binding's); the one
+        confirmation of all of them."""
+        out_name = handler.output_binding
+        assert out_name is not None
+        check = handler.check_result
+
+        async def send_results(results: Any) -> Awaitable[None] | None:
+            if not isinstance(results, list | tuple):
+                raise MessageConversionError(
+                    f"processor {handler.name} takes a list and returned "
+                    f"{type(results).__name__}, not a list"
+                )
+            by_destination: dict[str | None, list[Any]] = {}
+            for item in results:
+                if item is None:
+                    continue
+                if check is not None:
+                    check(item)
+                routed = item.destination if isinstance(item, Message) else None
+                by_destination.setdefault(routed or None, []).append(item)
+            confirms = [
+                await (
+                    self._outputs[out_name].send_many(items)
+                    if destination is None
+                    else self._send_many(destination, items)
+                )
+                for destination, items in by_destination.items()
+            ]
+            if not confirms:
+                return None
+            return confirms[0] if len(confirms) == 1 else AllConfirmed(confirms)
+
+        return send_results
 
     async def start(self) -> None:
         """Validate configuration, bind outputs, then consumers, then start sources."""
@@ -773,4 +871,25 @@ class StreamApp:
                 "`async with app.run():` (or after `await app.start()`)"
             )
         confirm = await self._send(destination, payload, key, headers)
+        await confirm
+
+    async def send_many(
+        self,
+        destination: str,
+        items: Iterable[Any],
+        *,
+        key: bytes | str | int | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Send ``items`` (payloads or ``Message``s) in order to a binding name or any
+        destination, as one bulk where the binder can, and wait for the broker's confirmation
+        of all of them. ``key`` and ``headers`` apply to every item, as in ``send``.
+        Raises StreamlibError when the app is not running, PublishError when the broker
+        refused one."""
+        if not self._running:
+            raise StreamlibError(
+                f"app.send_many({destination!r}) before the app runs: send inside "
+                "`async with app.run():` (or after `await app.start()`)"
+            )
+        confirm = await self._send_many(destination, items, key, headers)
         await confirm

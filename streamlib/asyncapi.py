@@ -35,6 +35,8 @@ class _Operation:
     payload_type: Any
     props: BindingProperties
     binder_type: str
+    batch: bool = False
+    """The handler takes a list: ``payload_type`` is its item type."""
 
 
 @dataclass
@@ -55,7 +57,8 @@ def _operations(app: StreamApp, cfg: StreamConfig) -> list[_Operation]:
         props = cfg.binding(binding)
         _, binder_type, _, _ = app._binder_for(binding, props)
         name = f"{handler.kind.value} {handler.name}" if handler else None
-        ops.append(_Operation(binding, action, name, payload_type, props, binder_type))
+        batch = handler is not None and handler.batch
+        ops.append(_Operation(binding, action, name, payload_type, props, binder_type, batch))
         seen.add(normalize_key(binding))
 
     for handler in app._handlers.values():
@@ -295,5 +298,6 @@ def asyncapi_document(app: StreamApp, *, version: str = "1.0.0") -> dict[str, An
 def _summary(op: _Operation, destination: str) -> str:
     if op.action == "receive":
         group = f" in group {op.props.group}" if op.props.group else ""
-        return f"{op.handler} consumes {destination}{group} ({op.binding})"
+        lists = f" in lists of up to {op.props.consumer.batch_size}" if op.batch else ""
+        return f"{op.handler} consumes {destination}{group}{lists} ({op.binding})"
     return f"{op.handler or 'app.send'} sends to {destination} ({op.binding})"

@@ -233,6 +233,17 @@ class StreamConfig(_Model):
                     raise ConfigError(f"bindings.{name}.{section}.{key}", f"unknown key{hint}")
         return props
 
+    def own_consumer_fields(self, name: str) -> frozenset[str]:
+        """Names of the consumer fields that ``bindings.<name>`` sets itself, not through
+        ``default:``."""
+        key = find_key(self.bindings, name)
+        own: Mapping[str, Any] = {} if key is None else self.bindings[key] or {}
+        try:
+            props = validate(BindingProperties, dict(own), f"bindings.{name}")
+        except ConfigError:
+            return frozenset()
+        return frozenset(props.consumer.model_fields_set)
+
     def check_partitions(self, name: str, props: BindingProperties) -> None:
         """Fail when a partitioned consumer's ``instance-index-list`` names a partition that a
         producer binding of the same destination, configured here, never writes to."""

@@ -7,6 +7,7 @@ The whole tree::
     ├── BinderNotFoundError         a binder type that is not installed (a ConfigError)
     ├── ConfigServerError           no Config Server answered (a ConfigError; retriable)
     ├── MessageConversionError      a payload that cannot be decoded/validated/encoded (not retried)
+    ├── BatchFailed                 raised by a batch handler: which records of its list failed
     ├── BindingError                a binding could not be created or used
     └── BrokerError                 a broker-side failure mapped by a binder
         ├── ConnectionLostError     the connection dropped (retriable)
@@ -17,6 +18,9 @@ so a binder can mark transient broker failures without the core knowing the brok
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class StreamlibError(Exception):
@@ -46,6 +50,27 @@ class ConfigServerError(ConfigError):
 
 class MessageConversionError(StreamlibError):
     """A message body could not be decoded into the handler's type, or a payload encoded."""
+
+
+class BatchFailed(StreamlibError):
+    """Raised by a handler that takes a list: the records at the indexes of ``failures`` (into
+    the list it got) failed with those exceptions, the others succeeded.
+
+    The failed records are retried one at a time, then dead-lettered or logged; the others
+    are acknowledged and never handled again. ``results`` are a processor's outputs for the
+    records that succeeded (each non-None item is sent, as a returned list's would be).
+    """
+
+    def __init__(
+        self, failures: Mapping[int, BaseException], results: Sequence[Any] | None = None
+    ) -> None:
+        self.failures = dict(failures)
+        self.results = results
+        shown = "; ".join(
+            f"[{index}] {type(exc).__name__}: {exc}" for index, exc in self.failures.items()
+        )
+        count = len(self.failures)
+        super().__init__(f"{count} record(s) of the batch failed: {shown or 'none listed'}")
 
 
 class BindingError(StreamlibError):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,10 +25,12 @@ from .binder import (
     PARTITION,
     BaseBinder,
     BaseBinding,
+    Batching,
     BinderContext,
     ConsumerSpec,
     Dispatcher,
     Envelope,
+    Outcome,
     ProducerSpec,
     validate,
 )
@@ -72,6 +74,34 @@ class _Queue:
             self._ready.clear()
             await self._ready.wait()
         return self.items.popleft()
+
+    async def get_batch(self, batching: Batching) -> list[Envelope]:
+        """Up to ``batching.size`` envelopes: the first to arrive, then whatever arrives
+        within ``batching.wait`` seconds after it."""
+        batch = [await self.get()]
+        deadline = asyncio.get_running_loop().time() + batching.wait
+        try:
+            while len(batch) < batching.size:
+                if self.items:
+                    batch.append(self.items.popleft())
+                    continue
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self.get())
+                except TimeoutError:
+                    break
+        except BaseException:
+            self.requeue_all(batch)  # cancelled while waiting for more: nothing is lost
+            raise
+        return batch
+
+    def requeue_all(self, envelopes: Sequence[Envelope]) -> None:
+        """Put ``envelopes`` back at the head of the queue, in their order."""
+        for envelope in reversed(envelopes):
+            self.requeue(envelope)
 
 
 @dataclass
@@ -155,8 +185,12 @@ class MemoryBinding(BaseBinding):
         self._stopping = False
         self._running.set()
         workers = self.spec.properties.concurrency
+        batching = self._dispatch.batching
         self._tasks = [
-            asyncio.create_task(self._work(queue), name=f"{self.name}:{queue.name}:{i}")
+            asyncio.create_task(
+                self._work(queue) if batching is None else self._work_batches(queue, batching),
+                name=f"{self.name}:{queue.name}:{i}",
+            )
             for queue in self._queues
             for i in range(workers)
         ]
@@ -189,8 +223,43 @@ class MemoryBinding(BaseBinding):
                 if self._busy == 0:
                     self._idle.set()
 
+    async def _work_batches(self, queue: _Queue, batching: Batching) -> None:
+        while True:
+            await self._running.wait()
+            batch = await queue.get_batch(batching)
+            if self._stopping or not self._running.is_set():
+                queue.requeue_all(batch)
+                if self._stopping:
+                    return
+                continue
+            self._busy += 1
+            self._idle.clear()
+            done = 0
+            try:
+                outcomes = await self._dispatch.dispatch_batch(batch)
+                for envelope, outcome in zip(batch, outcomes, strict=True):
+                    await self._settle(envelope, outcome)
+                    done += 1
+            except BaseException as exc:
+                queue.requeue_all(batch[done:])  # interrupted: redeliver, at-least-once
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.critical(
+                        "binding %s: worker on %s died; the binding is down",
+                        self.name,
+                        queue.name,
+                        exc_info=exc,
+                    )
+                raise
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.set()
+
     async def _handle(self, envelope: Envelope) -> None:
-        outcome = await self._dispatch(envelope)
+        await self._settle(envelope, await self._dispatch(envelope))
+
+    async def _settle(self, envelope: Envelope, outcome: Outcome) -> None:
+        """Act on ``envelope``'s outcome: wait for its pending output, dead-letter a failure."""
         if outcome.pending is not None:
             await outcome.pending
         if outcome.failure is not None:
@@ -253,6 +322,11 @@ class MemoryProducer:
             headers.update(envelope.headers)
             envelope = replace(envelope, headers=headers)
         self._broker.publish(self._destination, envelope)
+        return DONE
+
+    async def send_many(self, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+        for envelope in envelopes:
+            await self.send(envelope)
         return DONE
 
     async def aclose(self) -> None:

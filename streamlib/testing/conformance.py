@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from ..app import StreamApp
 from ..config import deep_merge
+from ..errors import BatchFailed
 from ..messages import Message
 from ..partitioning import select_partition
 from .collector import Collector
@@ -481,3 +482,119 @@ class BinderConformance:
         assert got.items == [0]
         await app.binding("take-in-0").resume()
         assert await got.wait_for(2, env.harness.timeout) == [0, 1]
+
+    async def test_batch_sink_gets_bounded_lists_with_every_message_once_in_order(
+        self, env: Fixture
+    ) -> None:
+        dest = env.harness.unique("orders")
+        batches: list[list[int]] = []
+        got: Collector[int] = Collector()
+        consumer = _retry(**{"batch-size": 4, "batch-wait-ms": 200})
+        app = env.app(
+            "batches", {"take-in-0": {"destination": dest, "group": "g", "consumer": consumer}}
+        )
+
+        @app.sink
+        async def take(items: list[Item]) -> None:
+            batches.append([item.seq for item in items])
+            for item in items:
+                got.add(item.seq)
+
+        await env.start(app)
+        producer = await env.start(env.app("producer", {}))
+        await producer.send_many(dest, [Item(key="same", seq=seq) for seq in range(10)], key="same")
+        assert await got.wait_for(10, env.harness.timeout) == list(range(10))
+        await env.quiet()
+        assert [seq for batch in batches for seq in batch] == list(range(10))
+        assert all(1 <= len(batch) <= 4 for batch in batches), batches
+        assert any(len(batch) > 1 for batch in batches), batches
+
+    async def test_batch_partial_failure_retries_only_the_failed_record_alone(
+        self, env: Fixture
+    ) -> None:
+        dest = env.harness.unique("orders")
+        calls: list[list[tuple[int, int]]] = []
+        handled: Collector[int] = Collector()
+        consumer = _retry(dlq=True, **{"batch-size": 5, "batch-wait-ms": 200})
+        app = env.app(
+            "partial", {"take-in-0": {"destination": dest, "group": "g", "consumer": consumer}}
+        )
+
+        @app.sink
+        async def take(msgs: list[Message[Item]]) -> None:
+            calls.append([(m.payload.seq, m.attempt) for m in msgs])
+            failures: dict[int, BaseException] = {
+                i: ValueError(f"cannot take {m.payload.seq}")
+                for i, m in enumerate(msgs)
+                if m.payload.key == "poison"
+            }
+            for i, m in enumerate(msgs):
+                if i not in failures:
+                    handled.add(m.payload.seq)
+            if failures:
+                raise BatchFailed(failures)
+
+        await env.start(app)
+        producer = await env.start(env.app("producer", {}))
+        items = [Item(key="poison" if seq == 2 else "ok", seq=seq) for seq in range(5)]
+        await producer.send_many(dest, items, key="same")
+        letters = await env.harness.dead_letters(dest, "g", 1)
+        await handled.wait_for(4, env.harness.timeout)
+        await env.quiet()
+        assert sorted(handled.items) == [0, 1, 3, 4]  # each succeeded record once, never again
+        seen = [entry for call in calls for entry in call]
+        assert sorted(seq for seq, _ in seen if seq != 2) == [0, 1, 3, 4]
+        assert all(attempt == 1 for seq, attempt in seen if seq != 2)
+        poisoned = [call for call in calls if any(seq == 2 for seq, _ in call)]
+        assert poisoned[1:] == [[(2, 2)], [(2, 3)]]  # retried alone, per max-attempts
+        assert (2, 1) in poisoned[0]
+        assert len(letters) == 1
+        assert Item.model_validate_json(letters[0].body) == Item(key="poison", seq=2)
+        assert _text(letters[0].headers["x-exception-message"]) == "cannot take 2"
+
+    async def test_batch_processor_outputs_reach_the_next_binding(self, env: Fixture) -> None:
+        src, out = env.harness.unique("in"), env.harness.unique("out")
+        got: Collector[int] = Collector()
+        app = env.app(
+            "batch-pipeline",
+            {
+                "double-in-0": {
+                    "destination": src,
+                    "group": "p",
+                    "consumer": {"batch-size": 3, "batch-wait-ms": 100},
+                },
+                "double-out-0": {"destination": out},
+                "audit-in-0": {"destination": out, "group": "audit"},
+            },
+        )
+
+        @app.processor
+        async def double(items: list[Item]) -> list[Item | None]:
+            return [None if i.seq < 0 else Item(key=i.key, seq=i.seq * 2) for i in items]
+
+        @app.sink
+        async def audit(item: Item) -> None:
+            got.add(item.seq)
+
+        await env.start(app)
+        await app.send_many(src, [Item(key="x", seq=s) for s in (1, -1, 2, 3, 4)], key="x")
+        assert await got.wait_for(4, env.harness.timeout) == [2, 4, 6, 8]
+        await env.quiet()
+        assert len(got) == 4
+
+    async def test_send_many_delivers_all_in_order(self, env: Fixture) -> None:
+        dest = env.harness.unique("orders")
+        got: Collector[tuple[int, str]] = Collector()
+        app = env.app("bulk", {"take-in-0": {"destination": dest, "group": "g"}})
+
+        @app.sink
+        async def take(msg: Message[Item]) -> None:
+            got.add((msg.payload.seq, _text(msg.headers["x-trace"])))
+
+        await env.start(app)
+        producer = await env.start(env.app("producer", {}))
+        items = [Item(key="same", seq=seq) for seq in range(20)]
+        await producer.send_many(dest, items, key="same", headers={"x-trace": "bulk"})
+        assert await got.wait_for(20, env.harness.timeout) == [(s, "bulk") for s in range(20)]
+        await env.quiet()
+        assert len(got) == 20

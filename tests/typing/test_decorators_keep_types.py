@@ -75,3 +75,21 @@ async def _check_forms() -> None:
     assert_type(await audit_again(Invoice(order_id=1)), None)
     assert_type(await tick_every_second(), Order)
     assert_type(await tick_by_default(), Order)
+
+
+@app.processor
+async def bill_many(orders: list[Order]) -> list[Invoice]:
+    return [Invoice(order_id=order.id) for order in orders]
+
+
+@app.sink
+async def audit_many(msgs: list[Message[Invoice]]) -> None:
+    assert_type(msgs[0].payload, Invoice)
+
+
+async def _check_batches() -> None:
+    assert_type(await bill_many([Order(id=1)]), list[Invoice])
+    assert_type(await app.send_many("orders", [Order(id=1)], key="k"), None)
+    sender = await app.output("orders")
+    confirm = await sender.send_many([Order(id=1)])
+    assert_type(await confirm, None)

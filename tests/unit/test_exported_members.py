@@ -17,6 +17,7 @@ def test_public_api_is_exported_once_and_sorted() -> None:
         "ACK",
         "Attribute",
         "BaseBinder",
+        "BatchFailed",
         "Binder",
         "BinderContext",
         "BinderNotFoundError",
