@@ -78,6 +78,8 @@ HEADROOM = 20_000
 """Bytes of a frame kept free for other headers when a stack trace is added (as Spring)."""
 DEAD_LETTER_ATTEMPTS = 3
 """Writes of one dead letter (with the binding's back-off between) before it is requeued."""
+SETTLED_ROUNDS = 3
+"""Event-loop rounds without a new delivery after which a batch takes no more."""
 
 
 def envelope_of(
@@ -356,10 +358,18 @@ class QueueConsumer:
         buffer = self._buffer
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._batch_wait
+        idle = 0
         while len(batch) < size and self._consuming:
             if buffer:
                 take = min(size - len(batch), len(buffer))
                 batch.extend(buffer.popleft() for _ in range(take))
+                idle = 0
+                continue
+            if idle < SETTLED_ROUNDS:
+                # Deliveries already read from the socket reach the buffer through a few
+                # event-loop rounds (frames, then one task per delivery): let them arrive.
+                idle += 1
+                await asyncio.sleep(0)
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -416,8 +426,6 @@ class QueueConsumer:
                         continue
                     outcome = again
             await self._conclude(message, outcome)
-        # One multiple-ack per batch: the prefetch window is free again for the next one.
-        await self._flush()
 
     async def _dispatch_until_confirmed(
         self, message: DeliveredMessage, envelope: Envelope, failed: Exception | None = None
