@@ -17,7 +17,8 @@ from typing import Any
 import aio_pika
 import pytest
 from batch_support import ScriptedBatches, binder, consumer_spec, item, producer_spec
-from rabbit_support import close_connections
+from pydantic import BaseModel
+from rabbit_support import close_connections, rabbit_app
 from streamlib_rabbit import RabbitBinder
 from test_broker_refusals import publish_with_raw_timestamp
 
@@ -27,6 +28,10 @@ pytestmark = [pytest.mark.anyio, pytest.mark.rabbit]
 
 TIMEOUT = 30.0
 BATCH_APP = Path(__file__).with_name("batch_app.py")
+
+
+class Seq(BaseModel):
+    seq: int
 
 
 @pytest.fixture
@@ -290,3 +295,43 @@ async def test_a_consumer_killed_mid_batch_loses_nothing(
     assert covered(before, after)
     handled_after = [seq for batch in after for seq in batch]
     assert len(handled_after) == len(set(handled_after))
+
+
+async def test_an_app_batch_processor_whose_output_is_refused_dead_letters_as_one_at_a_time(
+    rabbit_url: str, unique: Callable[[str], str]
+) -> None:
+    source, sink = unique("app-in"), unique("app-out")
+    consumer = {
+        "dlq": True,
+        "max-attempts": 3,
+        "back-off-initial-interval": 0.05,
+        "batch-size": 8,
+        "batch-wait-ms": 500,
+    }
+    full = {"required-groups": ["r"], "max-length": 5, "overflow": "reject-publish"}
+    app = rabbit_app(
+        rabbit_url,
+        unique("app"),
+        {
+            "work-in-0": {"destination": source, "group": "g", "consumer": consumer},
+            "work-out-0": {"destination": sink, "producer": full},
+        },
+    )
+    calls: list[list[int]] = []
+
+    @app.processor
+    async def work(items: list[Seq]) -> list[Seq]:
+        calls.append([item.seq for item in items])
+        return items
+
+    async with app.run():
+        await app.send_many(source, [Seq(seq=seq) for seq in range(8)])
+        async with asyncio.timeout(TIMEOUT):
+            while len(calls) < 17:
+                await asyncio.sleep(0.05)
+    assert await left_in(rabbit_url, f"{source}.g") == 0
+    # One call with all 8; its bulk output was refused in part, so none was acked: each was
+    # handled again alone (attempts 2 and 3), refused by the full queue, dead-lettered.
+    assert calls == [list(range(8)), *([seq] for seq in range(8) for _ in range(2))]
+    assert await drain(rabbit_url, f"{sink}.r") == [0, 1, 2, 3, 4]
+    assert await drain(rabbit_url, f"{source}.g.dlq") == list(range(8))
