@@ -10,11 +10,17 @@ from collections.abc import AsyncIterator, Callable
 import aio_pika
 import pytest
 from batch_support import binder, item, producer_spec
+from pydantic import BaseModel
+from rabbit_support import rabbit_app
 from streamlib_rabbit import RabbitBinder
 
 from streamlib.binder import BulkProducer, PublishError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rabbit]
+
+
+class Seq(BaseModel):
+    seq: int
 
 
 @pytest.fixture
@@ -107,3 +113,18 @@ async def test_a_returned_message_fails_the_bulk_send(
     assert f"bulk publish to {dest!r}: 3 of 3" in str(caught.value)
     assert "returned" in str(caught.value)
     assert not caught.value.retriable
+
+
+async def test_app_send_many_raises_when_the_broker_refuses_part_of_it(
+    rabbit_url: str, unique: Callable[[str], str]
+) -> None:
+    dest = unique("app-refused")
+    producer = {"required-groups": ["r"], "max-length": 3, "overflow": "reject-publish"}
+    app = rabbit_app(
+        rabbit_url, unique("sender"), {"send-out-0": {"destination": dest, "producer": producer}}
+    )
+    async with app.run():
+        with pytest.raises(PublishError) as caught:
+            await app.send_many("send-out-0", [Seq(seq=seq) for seq in range(5)])
+    assert f"bulk publish to {dest!r}: 2 of 5 messages were not confirmed" in str(caught.value)
+    assert await drain(rabbit_url, f"{dest}.r") == [0, 1, 2]
