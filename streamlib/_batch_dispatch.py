@@ -38,12 +38,14 @@ class BatchDispatcher(HandlerDispatcher):
         failed: dict[int, BaseException] = {}
         args: list[Any] = []
         positions: list[int] = []
+        decode, wants_message, received = self._decoder, self._wants_message, Message._received
         for index, envelope in enumerate(envelopes):
             try:
-                args.append(self._arg(envelope, 1))
+                payload = decode(envelope.body, envelope.headers)
             except Exception as exc:
                 failed[index] = exc  # undecodable: it takes the one-at-a-time path
                 continue
+            args.append(received(payload, envelope, 1) if wants_message else payload)
             positions.append(index)
         if args:
             pending, failures = await self._attempt(args)

@@ -160,6 +160,38 @@ async def send_each(producer: Producer, envelopes: Sequence[Envelope]) -> Awaita
     return AllConfirmed([await producer.send(envelope) for envelope in envelopes])
 
 
+async def send_results(
+    results: Any,
+    what: str,
+    check: Callable[[Any], None] | None,
+    output: Output,
+    send_many_to: Callable[[str, list[Any]], Awaitable[Awaitable[None]]],
+) -> Awaitable[None] | None:
+    """Send a batch processor's ``results``: its non-None items checked, then one bulk send
+    per destination (a ``Message``'s own through ``send_many_to``, else ``output``); the one
+    confirmation of all of them, None when there was nothing to send. Raises
+    MessageConversionError naming ``what`` when ``results`` is no list."""
+    if not isinstance(results, list | tuple):
+        raise MessageConversionError(
+            f"{what} takes a list and returned {type(results).__name__}, not a list"
+        )
+    by_destination: dict[str | None, list[Any]] = {}
+    for item in results:
+        if item is None:
+            continue
+        if check is not None:
+            check(item)
+        routed = item.destination if isinstance(item, Message) else None
+        by_destination.setdefault(routed or None, []).append(item)
+    confirms = [
+        await (output.send_many(items) if to is None else send_many_to(to, items))
+        for to, items in by_destination.items()
+    ]
+    if not confirms:
+        return None
+    return confirms[0] if len(confirms) == 1 else AllConfirmed(confirms)
+
+
 class Output:
     """One output binding: turns payloads into envelopes and hands them to its producer."""
 

@@ -21,12 +21,12 @@ from ._dispatch import HandlerDispatcher
 from ._handlers import Handler, Kind, make_handler
 from ._management import ManagementServer, check_installed
 from ._outputs import (
-    AllConfirmed,
     DynamicOutput,
     DynamicOutputs,
     Output,
     Sender,
     check_partition_key,
+    send_results,
 )
 from ._supervision import DOWN, ManagedBinding, Supervisor
 from .binder import (
@@ -49,13 +49,7 @@ from .config import (
     normalize_key,
 )
 from .converters import PayloadDecoder
-from .errors import (
-    BatchFailed,
-    ConfigError,
-    ConfigServerError,
-    MessageConversionError,
-    StreamlibError,
-)
+from .errors import BatchFailed, ConfigError, ConfigServerError, StreamlibError
 from .messages import Message
 from .refresh import (
     BindingDefaults,
@@ -562,40 +556,16 @@ class StreamApp:
         )
 
     def _batch_emit(self, handler: Handler) -> Callable[[Any], Awaitable[Awaitable[None] | None]]:
-        """How a batch processor's returned list is sent: its non-None items checked, then one
-        bulk send per destination (a ``Message``'s own, else the output binding's); the one
-        confirmation of all of them."""
+        """How a batch processor's returned list is sent (``send_results``)."""
         out_name = handler.output_binding
         assert out_name is not None
-        check = handler.check_result
 
-        async def send_results(results: Any) -> Awaitable[None] | None:
-            if not isinstance(results, list | tuple):
-                raise MessageConversionError(
-                    f"processor {handler.name} takes a list and returned "
-                    f"{type(results).__name__}, not a list"
-                )
-            by_destination: dict[str | None, list[Any]] = {}
-            for item in results:
-                if item is None:
-                    continue
-                if check is not None:
-                    check(item)
-                routed = item.destination if isinstance(item, Message) else None
-                by_destination.setdefault(routed or None, []).append(item)
-            confirms = [
-                await (
-                    self._outputs[out_name].send_many(items)
-                    if destination is None
-                    else self._send_many(destination, items)
-                )
-                for destination, items in by_destination.items()
-            ]
-            if not confirms:
-                return None
-            return confirms[0] if len(confirms) == 1 else AllConfirmed(confirms)
+        async def emit(results: Any) -> Awaitable[None] | None:
+            output = self._outputs[out_name]
+            what = f"processor {handler.name}"
+            return await send_results(results, what, handler.check_result, output, self._send_many)
 
-        return send_results
+        return emit
 
     async def start(self) -> None:
         """Validate configuration, bind outputs, then consumers, then start sources."""

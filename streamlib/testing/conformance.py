@@ -598,3 +598,71 @@ class BinderConformance:
         assert await got.wait_for(20, env.harness.timeout) == [(s, "bulk") for s in range(20)]
         await env.quiet()
         assert len(got) == 20
+
+    async def test_stop_finishes_the_batch_in_hand_and_nothing_is_redelivered(
+        self, env: Fixture
+    ) -> None:
+        dest = env.harness.unique("orders")
+        started: Collector[int] = Collector()
+        finished: Collector[int] = Collector()
+        consumer = {"batch-size": 10, "batch-wait-ms": 100}
+        bindings = {"slow-in-0": {"destination": dest, "group": "g", "consumer": consumer}}
+
+        def build(name: str) -> StreamApp:
+            app = env.app(name, bindings)
+
+            @app.sink
+            async def slow(items: list[Item]) -> None:
+                for item in items:
+                    started.add(item.seq)
+                await asyncio.sleep(0.5)
+                for item in items:
+                    finished.add(item.seq)
+
+            return app
+
+        first = build("first")
+        producer = await env.start(env.app("producer", {}))
+        async with first.run():
+            await producer.send_many(dest, [Item(key="k", seq=s) for s in range(3)], key="k")
+            await started.wait_for(1, env.harness.timeout)
+        assert finished.items == started.items  # the batch in hand finished before the stop
+        await env.start(build("second"))
+        await producer.send(dest, Item(key="k", seq=3), key="k")
+        await finished.wait_for(4, env.harness.timeout)
+        await env.quiet()
+        assert started.items == [0, 1, 2, 3]
+        assert finished.items == [0, 1, 2, 3]
+
+    async def test_batch_outputs_that_cannot_be_sent_dead_letter_their_records(
+        self, env: Fixture
+    ) -> None:
+        src, out = env.harness.unique("in"), env.harness.unique("out")
+        got: Collector[int] = Collector()
+        consumer = _retry(dlq=True, **{"batch-size": 5, "batch-wait-ms": 100})
+        app = env.app(
+            "unsendable",
+            {
+                "convert-in-0": {"destination": src, "group": "g", "consumer": consumer},
+                "convert-out-0": {"destination": out},
+                "audit-in-0": {"destination": out, "group": "audit"},
+            },
+        )
+
+        @app.processor
+        async def convert(items: list[Item]) -> list[Item]:
+            return [{"key": i.key, "seq": i.seq} for i in items]  # type: ignore[misc]
+
+        @app.sink
+        async def audit(item: Item) -> None:
+            got.add(item.seq)
+
+        await env.start(app)
+        await app.send_many(src, [Item(key="k", seq=s) for s in range(3)], key="k")
+        letters = await env.harness.dead_letters(src, "g", 3)
+        assert sorted(Item.model_validate_json(x.body).seq for x in letters) == [0, 1, 2]
+        for letter in letters:
+            assert _text(letter.headers["x-exception-fqcn"]).endswith("MessageConversionError")
+            assert "returned dict, not Item" in _text(letter.headers["x-exception-message"])
+        await env.quiet()
+        assert got.items == []

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from streamlib import BatchFailed, ConfigError, Message, StreamApp, StreamlibError
 from streamlib._handlers import Kind, make_handler
 from streamlib.asyncapi import asyncapi_document
+from streamlib.memory import drop_memory_broker
 from streamlib.testing import HandlerFailed, run_app
 
 pytestmark = pytest.mark.anyio
@@ -40,6 +41,7 @@ async def anything(items: list) -> None: ...
 async def one(order: Order) -> None: ...
 async def bill(items: list[Order]) -> list[Invoice | None]: ...
 async def maybe(items: list[Order]) -> list[Message[Invoice]] | None: ...
+async def array(msg: Message[list[int]]) -> None: ...
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,7 @@ async def maybe(items: list[Order]) -> list[Message[Invoice]] | None: ...
         (messages, Order, True, True),
         (anything, Any, False, True),
         (one, Order, False, False),
+        (array, list[int], True, False),
     ],
 )
 def test_a_list_parameter_makes_a_batch_handler_of_its_item_type(
@@ -218,6 +221,7 @@ async def test_metrics_count_every_record_of_a_batch() -> None:
         counts = (metrics.received, metrics.handled, metrics.failed, metrics.retried)
         assert counts == (3, 2, 1, 2)
         assert (metrics.in_flight, sum(metrics.duration_counts)) == (0, 3)
+        assert app._metrics.destination("take-in-0").sent == 3  # the bulk send, per message
 
 
 async def test_a_batch_is_one_process_span_linked_to_each_message_and_one_send_span() -> None:
@@ -261,3 +265,72 @@ def test_the_asyncapi_document_shows_the_item_type_of_a_list_handler() -> None:
     messages = document["components"]["messages"]
     assert set(messages) == {"Order", "Invoice"}
     assert "list" in document["operations"]["bill-in-0"]["summary"]
+
+
+def memory_app(
+    name: str, namespace: str, binding: str, consumer: dict[str, Any], **top: Any
+) -> StreamApp:
+    bindings = {binding: {"destination": "orders", "group": "g", "consumer": consumer}}
+    binders = {"m": {"type": "memory", "namespace": namespace}}
+    return StreamApp(name, config={"binders": binders, "bindings": bindings, **top})
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> Any:
+    name = f"batches-{request.node.name}"
+    yield name
+    drop_memory_broker(name)
+
+
+async def test_a_stop_while_a_batch_waits_for_more_gives_its_messages_back(
+    namespace: str,
+) -> None:
+    calls: list[list[int]] = []
+    first = memory_app("first", namespace, "take-in-0", {"batch-wait-ms": 60_000})
+
+    @first.sink
+    async def take(items: list[Order]) -> None:
+        calls.append([o.id for o in items])
+
+    async with first.run():
+        await first.send_many("orders", [Order(id=1), Order(id=2)])
+        await asyncio.sleep(0.05)  # the worker holds the first and waits for more
+    assert calls == []
+    second = memory_app("second", namespace, "take-in-0", {"batch-size": 10})
+    second.sink(take)
+    async with second.run():
+        for _ in range(100):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+    assert calls == [[1, 2]]
+
+
+async def test_a_batch_interrupted_at_stop_is_redelivered_whole_and_in_order(
+    namespace: str,
+) -> None:
+    calls: list[list[int]] = []
+    stuck = asyncio.Event()
+    first = memory_app("first", namespace, "hang-in-0", {}, **{"shutdown-timeout": 0.3})
+
+    @first.sink
+    async def hang(items: list[Order]) -> None:
+        calls.append([o.id for o in items])
+        stuck.set()
+        await asyncio.sleep(60)
+
+    async with first.run():
+        await first.send_many("orders", [Order(id=n) for n in range(3)])
+        await asyncio.wait_for(stuck.wait(), 5)
+    second = memory_app("second", namespace, "take-in-0", {})
+
+    @second.sink
+    async def take(items: list[Order]) -> None:
+        calls.append([o.id for o in items])
+
+    async with second.run():
+        for _ in range(100):
+            if len(calls) > 1:
+                break
+            await asyncio.sleep(0.01)
+    assert calls == [[0, 1, 2], [0, 1, 2]]

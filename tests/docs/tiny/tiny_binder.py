@@ -17,6 +17,7 @@ from streamlib.binder import (
     ConsumerSpec,
     Dispatcher,
     Envelope,
+    Outcome,
     ProducerSpec,
 )
 
@@ -79,14 +80,25 @@ class TinyBinding(BaseBinding):
                 envelope = await queue.get()
             finally:
                 self._waiting.discard(me)
-            outcome = await self._dispatch(envelope)
-            if outcome.pending is not None:
-                await outcome.pending  # output confirmed before the input counts as done
-            if outcome.failure is not None:
-                group = self.spec.group or "anonymous"
-                headers = {**envelope.headers, **outcome.failure.dead_letter_headers()}
-                dead = replace(envelope, headers=headers)
-                BROKER.dead_letters.setdefault(f"{self.spec.destination}.{group}", []).append(dead)
+            batching = self._dispatch.batching  # set when the handler takes a list
+            if batching is None:
+                await self._settle(envelope, await self._dispatch(envelope))
+                continue
+            batch = [envelope]  # with what has arrived already (batching.wait is ignored)
+            while len(batch) < batching.size and not queue.empty():
+                batch.append(queue.get_nowait())
+            outcomes = await self._dispatch.dispatch_batch(batch)
+            for envelope, outcome in zip(batch, outcomes, strict=True):
+                await self._settle(envelope, outcome)  # in order, as one at a time
+
+    async def _settle(self, envelope: Envelope, outcome: Outcome) -> None:
+        if outcome.pending is not None:
+            await outcome.pending  # output confirmed before the input counts as done
+        if outcome.failure is not None:
+            group = self.spec.group or "anonymous"
+            headers = {**envelope.headers, **outcome.failure.dead_letter_headers()}
+            dead = replace(envelope, headers=headers)
+            BROKER.dead_letters.setdefault(f"{self.spec.destination}.{group}", []).append(dead)
 
 
 class TinyProducer:
