@@ -201,6 +201,31 @@ async def test_stop_while_a_batch_waits_for_more_handles_and_acks_it(
     assert await left_in(rabbit_url, f"{dest}.g") == 0
 
 
+async def test_pause_ends_a_batch_wait_and_resume_batches_what_came_meanwhile(
+    rabbit: RabbitBinder, rabbit_url: str, unique: Callable[[str], str]
+) -> None:
+    dest = unique("pausing")
+    dispatch = ScriptedBatches(size=100, wait=60.0)
+    binding = await rabbit.bind_consumer(
+        consumer_spec("take", dest, **{"batch-size": 100}), dispatch
+    )
+    await publish(rabbit, dest, range(3))
+    await asyncio.sleep(0.3)  # delivered; the batch waits for 97 more
+    async with asyncio.timeout(TIMEOUT):
+        await binding.pause()
+        await dispatch.wait_for(lambda: len(dispatch.batches) == 1)
+    await publish(rabbit, dest, range(3, 6))  # arrive while paused: not delivered
+    await asyncio.sleep(0.3)
+    assert dispatch.batches == [[0, 1, 2]]
+    await binding.resume()
+    await asyncio.sleep(0.3)
+    async with asyncio.timeout(TIMEOUT):
+        await binding.stop()
+    assert dispatch.batches == [[0, 1, 2], [3, 4, 5]]
+    await rabbit.aclose()
+    assert await left_in(rabbit_url, f"{dest}.g") == 0
+
+
 async def test_a_connection_lost_mid_batch_acks_none_of_it_on_the_new_channel(
     rabbit_url: str, unique: Callable[[str], str]
 ) -> None:
