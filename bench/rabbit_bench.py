@@ -8,6 +8,9 @@ persistent messages, publisher confirms on, to a topic exchange with one durable
 all publishes in flight, then every confirmation awaited. Consume: prefetch 250, one ack per
 message (streamlib batches them), from a pre-filled durable queue, first to last message
 handled. Latency: one message at a time, published by plain aio-pika, send to handler.
+Batch consume: a sink taking ``list[Payload]`` (batch-size 250, prefetch 500) against
+aio-pika validating the same batches and acking each with one ``multiple`` ack. send_many:
+``app.send_many`` per window of publishes, against the raw publish row (the same work).
 ``--profile`` prints a cProfile of streamlib's runs instead.
 """
 
@@ -36,10 +39,14 @@ from bench.common import (
     streamlib_receive,
     streamlib_send,
 )
+from streamlib import StreamApp
 
 PREFETCH = 250
 WINDOW = 5_000
 """Publishes in flight at once for the gather-based contenders."""
+BATCH = 250
+BATCH_PREFETCH = 500
+"""Batch consume: twice the batch, so the next batch is delivered while one is handled."""
 
 
 def streamlib_config(url: str, bindings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -101,6 +108,16 @@ async def publish_streamlib(url: str, dest: str, items: list[Payload]) -> float:
     return await streamlib_send(streamlib_config(url), dest, items)
 
 
+async def send_many_streamlib(url: str, dest: str, items: list[Payload]) -> float:
+    app = StreamApp("bench", config=streamlib_config(url))
+    async with app.run():
+        await app.send(dest, items[0])
+        start = time.perf_counter()
+        for i in range(0, len(items), WINDOW):
+            await app.send_many(dest, items[i : i + WINDOW])
+        return time.perf_counter() - start
+
+
 async def publish_faststream(url: str, dest: str, items: list[Payload]) -> float:
     from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 
@@ -149,6 +166,54 @@ async def consume_streamlib(url: str, dest: str, group: str, count: int, on: Han
         "take-in-0": {"destination": dest, "group": group, "consumer": {"prefetch": PREFETCH}}
     }
     return await streamlib_receive(streamlib_config(url, bindings), count, on)
+
+
+async def consume_raw_batch(url: str, dest: str, group: str, count: int, on: Handler) -> float:
+    clock = Clock(count)
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=BATCH_PREFETCH)
+        queue = await channel.declare_queue(f"{dest}.{group}", durable=True)
+        validate = Payload.model_validate_json
+        tick = clock.tick
+        batch: list[AbstractIncomingMessage] = []
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            batch.append(message)
+            if len(batch) < BATCH and clock.seen + len(batch) < count:
+                return
+            messages = batch[:]
+            batch.clear()
+            for item in [validate(m.body) for m in messages]:
+                on(item)
+                tick()
+            await messages[-1].ack(multiple=True)
+
+        tag = await queue.consume(take)
+        await clock.done.wait()
+        await queue.cancel(tag)
+    return clock.elapsed()
+
+
+async def consume_streamlib_batch(
+    url: str, dest: str, group: str, count: int, on: Handler
+) -> float:
+    clock = Clock(count)
+    consumer = {"prefetch": BATCH_PREFETCH, "batch-size": BATCH}
+    bindings = {"take-in-0": {"destination": dest, "group": group, "consumer": consumer}}
+    app = StreamApp("bench", config=streamlib_config(url, bindings))
+    tick = clock.tick
+
+    @app.sink
+    async def take(items: list[Payload]) -> None:
+        for item in items:
+            on(item)
+            tick()
+
+    async with app.run():
+        await clock.done.wait()
+    return clock.elapsed()
 
 
 async def consume_faststream(url: str, dest: str, group: str, count: int, on: Handler) -> float:
@@ -207,6 +272,10 @@ CONSUMERS: dict[str, Consume] = dict(
     zip(CONTENDERS, (consume_raw, consume_streamlib, consume_faststream), strict=True)
 )
 GROUPS = {"raw aio-pika": "raw", "streamlib": "sl", "faststream": "fs"}
+BATCH_CONSUMERS: dict[str, Consume] = {
+    "raw aio-pika": consume_raw_batch,
+    "streamlib": consume_streamlib_batch,
+}
 
 
 async def run(
@@ -224,6 +293,10 @@ async def run(
         dest = await declare(url, ["sink"])
         results[f"publish {name}"] = count / await PUBLISHERS[name](url, dest, items)
         await cleanup(url, dest, ["sink"])
+    if only in (None, "streamlib"):
+        dest = await declare(url, ["sink"])
+        results["send_many streamlib"] = count / await send_many_streamlib(url, dest, items)
+        await cleanup(url, dest, ["sink"])
     dest = await declare(url, groups)
     await publish_streamlib(url, dest, items[:warmup])
     for name in names:
@@ -234,6 +307,17 @@ async def run(
             url, dest, GROUPS[name], count, ignore
         )
     await cleanup(url, dest, groups)
+    batched = [n for n in names if n in BATCH_CONSUMERS]
+    dest = await declare(url, [GROUPS[n] for n in batched])
+    await publish_streamlib(url, dest, items[:warmup])
+    for name in batched:
+        await BATCH_CONSUMERS[name](url, dest, GROUPS[name], warmup, ignore)
+    await publish_streamlib(url, dest, items)
+    for name in batched:
+        results[f"batch consume {name}"] = count / await BATCH_CONSUMERS[name](
+            url, dest, GROUPS[name], count, ignore
+        )
+    await cleanup(url, dest, [GROUPS[n] for n in batched])
     for name in names:
         dest = await declare(url, [GROUPS[name]])
         p50, p99 = await latency(url, dest, GROUPS[name], samples, CONSUMERS[name])
@@ -248,7 +332,10 @@ def report(results: dict[str, float]) -> None:
         unit = "ms" if name.startswith("latency") else "msgs/s"
         shown = f"{value:>10.3f}" if unit == "ms" else f"{value:>10,.0f}"
         print(f"{name.removesuffix(' ms'):<32} {shown} {unit}")
-    print_ratios(results, ("publish", "consume"), "raw aio-pika")
+    print_ratios(results, ("publish", "consume", "batch consume"), "raw aio-pika")
+    bulk, raw = results.get("send_many streamlib"), results.get("publish raw aio-pika")
+    if bulk and raw:
+        print(f"send_many streamlib / raw aio-pika publish: {bulk / raw:.2f}x")
     ours_p99 = results.get("latency streamlib p99 ms")
     raw_p99 = results.get("latency raw aio-pika p99 ms")
     if ours_p99 is not None and raw_p99 is not None:

@@ -7,6 +7,12 @@ output confirmation finished, or after it was dead-lettered. Acks go out in batc
 the prefetch is finished or no new message came for ``ACK_DELAY``; which frames are safe to
 send (on which channel, covering which tags) is decided by ``acks.AckLedger``.
 
+A batch handler's worker takes up to ``batch-size`` buffered deliveries at a time (waiting
+up to ``batch-wait-ms`` after the first for more), hands the readable ones to
+``dispatch_batch`` and then acts on each outcome in delivery order, as for one message. A
+batch never holds more than ``prefetch`` deliveries: the broker sends no more until some are
+acked.
+
 The channel is an aio-pika robust channel: after a reconnection it declares the queue again
 and calls back here to consume again. Deliveries of the lost channel are dropped unacked, also
 those whose handlers finish after the reconnection; the broker delivers them again.
@@ -29,6 +35,8 @@ from streamlib.binder import (
     CONTENT_TYPE,
     X_EXCEPTION_STACKTRACE,
     BaseBinding,
+    Batching,
+    ConfigError,
     ConnectionLostError,
     ConsumerSpec,
     Dispatcher,
@@ -70,6 +78,8 @@ HEADROOM = 20_000
 """Bytes of a frame kept free for other headers when a stack trace is added (as Spring)."""
 DEAD_LETTER_ATTEMPTS = 3
 """Writes of one dead letter (with the binding's back-off between) before it is requeued."""
+SETTLED_ROUNDS = 3
+"""Event-loop rounds without a new delivery after which a batch takes no more."""
 
 
 def envelope_of(
@@ -100,6 +110,29 @@ def envelope_of(
     )
 
 
+def batch_size(spec: ConsumerSpec, settings: RabbitConsumerSettings, batching: Batching) -> int:
+    """The most deliveries one batch takes: ``batch-size``, within the prefetch.
+
+    A batch larger than the prefetch could never fill (the broker sends nothing more until
+    some of it is acked), so it would wait out ``batch-wait-ms`` every time: an explicit
+    ``batch-size`` above the prefetch is a ConfigError, the default one is capped."""
+    if batching.size <= settings.prefetch:
+        return batching.size
+    if "batch_size" in spec.properties.model_fields_set:
+        raise ConfigError(
+            f"bindings.{spec.binding_name}.consumer.batch-size",
+            f"{batching.size} is more than the prefetch ({settings.prefetch}), so a batch "
+            f"could never fill: lower batch-size or raise prefetch",
+        )
+    log.debug(
+        "binding %s: batches of at most %d (the prefetch), not the default batch-size %d",
+        spec.binding_name,
+        settings.prefetch,
+        batching.size,
+    )
+    return settings.prefetch
+
+
 class QueueConsumer:
     """Consumes one queue on its own robust channel."""
 
@@ -118,6 +151,9 @@ class QueueConsumer:
         self._settings = settings
         self._dispatch = dispatch
         self._dead_letters = dead_letters
+        batching = dispatch.batching
+        self._batch_size = 0 if batching is None else batch_size(spec, settings, batching)
+        self._batch_wait = 0.0 if batching is None else batching.wait
         self._channel: AbstractRobustChannel | None = None
         self._raw: aiormq.Channel | None = None
         self._tag: str | None = None
@@ -226,6 +262,7 @@ class QueueConsumer:
         if not self._consuming:
             return
         self._consuming = False
+        self._ready.set()  # a worker gathering a batch stops waiting for more
         raw, tag = self._raw, self._tag
         self._tag = None
         if raw is not None and tag is not None and not raw.is_closed:
@@ -281,7 +318,10 @@ class QueueConsumer:
             message = buffer.popleft()
             self._busy += 1
             try:
-                await self._handle(message)
+                if self._batch_size:
+                    await self._handle_batch(await self._gather(message))
+                else:
+                    await self._handle(message)
             finally:
                 self._busy -= 1
                 if not self._busy:
@@ -292,22 +332,103 @@ class QueueConsumer:
             return  # from a channel lost since: the broker redelivers it
         outcome: Outcome | None
         try:
-            envelope = envelope_of(
-                message, self._spec.destination, self._plan.partition, self.queue
-            )
+            envelope = self._envelope(message)
         except Exception as exc:
             outcome = self._dispatch.unreadable(exc, f"{self.queue} delivery {_tag(message)}")
         else:
             outcome = await self._dispatch_until_confirmed(message, envelope)
-        if outcome is None:
-            return
+        if outcome is not None:
+            await self._conclude(message, outcome)
+
+    def _envelope(self, message: DeliveredMessage) -> Envelope:
+        return envelope_of(message, self._spec.destination, self._plan.partition, self.queue)
+
+    async def _conclude(self, message: DeliveredMessage, outcome: Outcome) -> None:
+        """Dead-letter a failure, then ack; or just ack (outputs are confirmed by now)."""
         if outcome.failure is not None:
             await self._dead_letter(message, outcome.failure)
             return
         await self._ack(message)
 
+    async def _gather(self, first: DeliveredMessage) -> list[DeliveredMessage]:
+        """``first`` and what else is buffered, up to the batch size, waiting up to the batch
+        wait after ``first`` for more (not once the consumer is paused or stopped)."""
+        batch = [first]
+        size = self._batch_size
+        buffer = self._buffer
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._batch_wait
+        idle = 0
+        while len(batch) < size and self._consuming:
+            if buffer:
+                take = min(size - len(batch), len(buffer))
+                batch.extend(buffer.popleft() for _ in range(take))
+                idle = 0
+                continue
+            if idle < SETTLED_ROUNDS:
+                # Deliveries already read from the socket reach the buffer through a few
+                # event-loop rounds (frames, then one task per delivery): let them arrive.
+                idle += 1
+                await asyncio.sleep(0)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if self._ledger.finished:
+                await self._flush()  # acks make room in the prefetch for more deliveries
+                continue
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._ready.wait()
+            except TimeoutError:
+                break
+        return batch
+
+    async def _handle_batch(self, messages: list[DeliveredMessage]) -> None:
+        """Dispatch a batch, then act on each outcome in delivery order.
+
+        Outcomes may share one ``pending`` (the batch's outputs); it is awaited once. If it
+        failed, none of the deliveries sharing it is acked: each is handled again alone, in
+        order, by the one-at-a-time rules (the batch counts as its first attempt)."""
+        live = [m for m in messages if m.channel is self._raw]  # others: redelivered
+        outcomes: list[Outcome | None] = [None] * len(live)
+        envelopes: list[Envelope | None] = [None] * len(live)
+        readable: list[int] = []
+        for i, message in enumerate(live):
+            try:
+                envelopes[i] = self._envelope(message)
+                readable.append(i)
+            except Exception as exc:
+                where = f"{self.queue} delivery {_tag(message)}"
+                outcomes[i] = self._dispatch.unreadable(exc, where)
+        if readable:
+            batch = [e for e in envelopes if e is not None]
+            results = await self._dispatch.dispatch_batch(batch)
+            for i, result in zip(readable, results, strict=True):
+                outcomes[i] = result
+        confirmed: dict[int, Exception | None] = {}
+        for message, envelope, outcome in zip(live, envelopes, outcomes, strict=True):
+            assert outcome is not None
+            pending = outcome.pending
+            if pending is not None and envelope is not None:
+                # Every pending is referenced by ``outcomes``: ids are not reused here.
+                if id(pending) not in confirmed:
+                    try:
+                        await pending
+                        confirmed[id(pending)] = None
+                    except Exception as exc:
+                        confirmed[id(pending)] = exc
+                error = confirmed[id(pending)]
+                if error is not None:
+                    again = await self._dispatch_until_confirmed(message, envelope, error)
+                    if again is None:
+                        continue
+                    outcome = again
+            await self._conclude(message, outcome)
+
     async def _dispatch_until_confirmed(
-        self, message: DeliveredMessage, envelope: Envelope
+        self, message: DeliveredMessage, envelope: Envelope, failed: Exception | None = None
     ) -> Outcome | None:
         """Dispatch until the outputs are confirmed, in place, so order holds.
 
@@ -315,40 +436,45 @@ class QueueConsumer:
         it is handled again per the binding's retry policy, then dead-lettered or dropped
         with the broker's reason. A lost producer connection is not the message's fault: it
         is tried again with back-off until it works or the consumer stops. Returns None when
-        the message was given back (stopping, or its channel is gone)."""
+        the message was given back (stopping, or its channel is gone). ``failed``: the
+        message was dispatched once already (in a batch) and its output failed so."""
         attempt = 0
         lost = 0
         while True:
             attempt += 1
-            outcome = await self._dispatch(envelope)
-            if outcome.pending is None:
-                return outcome
-            try:
-                await outcome.pending
-                return outcome
-            except Exception as exc:
-                if message.channel.is_closed:
-                    return None  # the broker redelivers it
-                if isinstance(exc, ConnectionLostError):
-                    lost += 1
-                    attempt -= 1
-                    if not self._consuming:
-                        await self._settle(message, requeue=True)
-                        return None
-                    delay = self._policy.backoff(lost)
-                elif self._policy.should_retry(exc, attempt):
-                    delay = self._policy.backoff(attempt)
-                else:
-                    return self._output_failed(exc, attempt)
-                log.warning(
-                    "binding %s: output of a message from %s was not confirmed (%s); "
-                    "handling it again in %.3gs",
-                    self._spec.binding_name,
-                    self.queue,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+            if failed is not None:
+                error, failed = failed, None
+            else:
+                outcome = await self._dispatch(envelope)
+                if outcome.pending is None:
+                    return outcome
+                try:
+                    await outcome.pending
+                    return outcome
+                except Exception as exc:
+                    error = exc
+            if message.channel.is_closed:
+                return None  # the broker redelivers it
+            if isinstance(error, ConnectionLostError):
+                lost += 1
+                attempt -= 1
+                if not self._consuming:
+                    await self._settle(message, requeue=True)
+                    return None
+                delay = self._policy.backoff(lost)
+            elif self._policy.should_retry(error, attempt):
+                delay = self._policy.backoff(attempt)
+            else:
+                return self._output_failed(error, attempt)
+            log.warning(
+                "binding %s: output of a message from %s was not confirmed (%s); "
+                "handling it again in %.3gs",
+                self._spec.binding_name,
+                self.queue,
+                error,
+                delay,
+            )
+            await asyncio.sleep(delay)
 
     def _output_failed(self, exc: Exception, attempts: int) -> Outcome:
         failure = Failure(exc, attempts)

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -33,6 +33,7 @@ from streamlib.binder import (
     CONTENT_TYPE,
     DONE,
     PARTITION,
+    BrokerError,
     ConnectionLostError,
     Envelope,
     ProducerSpec,
@@ -70,6 +71,56 @@ class Confirmation:
             raise
         except Exception as exc:
             raise map_error(exc, f"publish to {self._exchange!r}") from exc
+
+    def discard(self) -> None:
+        """Nobody will await this: retrieve its outcome when it comes, so none is logged
+        as never retrieved."""
+        self._future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class BulkConfirmation:
+    """The confirmation of many publishes to one exchange: awaiting it waits for every one
+    and raises once if any failed, naming the exchange and how many. Awaiting it again gives
+    the same answer (the publishes' futures are done by then)."""
+
+    __slots__ = ("_confirmations", "_exchange")
+
+    def __init__(self, confirmations: list[Awaitable[None]], exchange: str) -> None:
+        self._confirmations = confirmations
+        self._exchange = exchange
+
+    def __await__(self) -> Generator[Any, None, None]:
+        failures: list[BrokerError] = []
+        for confirmation in self._confirmations:
+            try:
+                yield from confirmation.__await__()
+            except BrokerError as exc:
+                failures.append(exc)
+        if failures:
+            raise self._error(failures)
+
+    def _error(self, failures: list[BrokerError]) -> BrokerError:
+        total = len(self._confirmations)
+        refused = [f for f in failures if not isinstance(f, ConnectionLostError)]
+        if not refused:
+            # Only the connection failed: retriable as such, not the messages' fault.
+            return ConnectionLostError(
+                f"bulk publish to {self._exchange!r}: {len(failures)} of {total} messages "
+                f"were not confirmed ({failures[0]})"
+            )
+        first = refused[0]
+        error = PublishError(
+            f"bulk publish to {self._exchange!r}: {len(failures)} of {total} messages were "
+            f"not confirmed ({first})",
+            retriable=all(f.retriable for f in refused),
+        )
+        error.__cause__ = first
+        return error
 
 
 def _current_task_cancelling() -> bool:
@@ -370,6 +421,23 @@ class RabbitProducer:
             )
         except Exception as exc:
             raise map_error(exc, f"publish to {self._exchange!r}") from exc
+
+    async def send_many(self, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+        """Publish every envelope, in order, confirms pipelined (up to ``max-in-flight``
+        unconfirmed); return the confirmation of all of them.
+
+        Raises like ``send`` when one cannot be handed to the connection; what was handed
+        over before goes on, unawaited."""
+        confirmations: list[Awaitable[None]] = []
+        try:
+            for envelope in envelopes:
+                confirmations.append(await self.send(envelope))
+        except BaseException:
+            for confirmation in confirmations:
+                if isinstance(confirmation, Confirmation):
+                    confirmation.discard()
+            raise
+        return BulkConfirmation(confirmations, self._exchange)
 
     def _partition_key(self, partition: int) -> str:
         key = self._partition_keys[partition] = naming.routing_key(self._destination, partition)
