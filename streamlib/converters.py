@@ -36,6 +36,8 @@ def _is_text(mime: str) -> bool:
 
 BodyDecoder = Callable[[bytes], Any]
 
+_MODEL_VALIDATE_JSON = BaseModel.model_validate_json.__func__  # type: ignore[attr-defined]
+
 
 def _utf8(body: bytes) -> str:
     return body.decode("utf-8")
@@ -68,6 +70,10 @@ def body_decoder(target: Any, mime: str) -> BodyDecoder:
                 )
 
             return refuse
+        if getattr(target.model_validate_json, "__func__", None) is _MODEL_VALIDATE_JSON:
+            # What model_validate_json calls, without its keyword handling per message.
+            validate: BodyDecoder = target.__pydantic_validator__.validate_json
+            return validate
         return target.model_validate_json
     adapter: TypeAdapter[Any] = TypeAdapter(target)
     if _is_text(mime):
