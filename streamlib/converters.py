@@ -76,9 +76,27 @@ def body_decoder(target: Any, mime: str) -> BodyDecoder:
             return validate
         return target.model_validate_json
     adapter: TypeAdapter[Any] = TypeAdapter(target)
+    if (target is dict or target == dict[str, Any]) and _is_json(mime):
+        return _json_object(adapter)
     if _is_text(mime):
         return lambda body: adapter.validate_python(body.decode("utf-8"))
     return adapter.validate_json
+
+
+def _json_object(adapter: TypeAdapter[Any]) -> BodyDecoder:
+    """A JSON object as a ``dict``, parsed by orjson; what orjson refuses or reads as
+    something else (a list, a number beyond 64 bits, NaN) goes to the ``dict`` adapter, so
+    results and errors are the adapter's."""
+    loads, fallback, decode_error = orjson.loads, adapter.validate_json, orjson.JSONDecodeError
+
+    def decode(body: bytes) -> Any:
+        try:
+            value = loads(body)
+        except decode_error:
+            return fallback(body)
+        return value if type(value) is dict else fallback(body)
+
+    return decode
 
 
 class PayloadDecoder:
