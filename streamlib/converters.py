@@ -139,7 +139,11 @@ class PayloadDecoder:
 
     def __call__(self, body: bytes, headers: dict[str, Any]) -> Any:
         """The payload of ``body``; raises MessageConversionError naming type and mime."""
-        decode, mime = self.for_header(headers.get(CONTENT_TYPE))
+        header = headers.get(CONTENT_TYPE)
+        try:  # for_header, inlined: this runs for every message
+            decode, mime = self._by_header[header]
+        except (KeyError, TypeError):
+            decode, mime = self._resolve(header)
         try:
             return decode(body)
         except ValueError as exc:
