@@ -11,6 +11,7 @@ the rounds is reported, with the process CPU time of the run (setup included) pe
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ async def run_rounds(sections: list[Section], rounds: int) -> None:
                 await run(fixture, section.warmup)
             if section.fresh:
                 await section.close()
-    for _ in range(rounds):
+    for done in range(rounds):
         for section in sections:
             new_round = True
             for name, run in section.contenders.items():
@@ -73,6 +74,7 @@ async def run_rounds(sections: list[Section], rounds: int) -> None:
                 cpu = time.process_time()
                 value = await run(fixture, section.count)
                 section.results.setdefault(name, []).append((value, time.process_time() - cpu))
+                print(f"round {done + 1}/{rounds}: {section.title}: {name}", file=sys.stderr)
     for section in sections:
         await section.close()
 
