@@ -40,8 +40,10 @@ class Router:
     def __init__(self, producer: Any, on_delivery: Callable[[asyncio.Future[Any]], None]) -> None:
         self.producer = producer
         self.on_delivery = on_delivery
-        self.usable = all(hasattr(producer, name) for name in _INTERNALS) and (
-            producer._txn_manager is None or producer._txn_manager.transactional_id is None
+        self.usable = (
+            all(hasattr(producer, name) for name in _INTERNALS)
+            and isinstance(getattr(producer.client.cluster, "_partitions", None), dict)
+            and (producer._txn_manager is None or producer._txn_manager.transactional_id is None)
         )
         if self.usable:
             self._cluster = producer.client.cluster
