@@ -10,6 +10,7 @@ the rounds is reported, with the process CPU time of the run (setup included) pe
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import sys
 import time
@@ -77,6 +78,17 @@ async def run_rounds(sections: list[Section], rounds: int) -> None:
                 print(f"round {done + 1}/{rounds}: {section.title}: {name}", file=sys.stderr)
     for section in sections:
         await section.close()
+
+
+def lazy(path: str) -> Callable[..., Awaitable[Any]]:
+    """The async function at ``module:name``, imported on its first call: a suite's table can
+    name a contender of a module that itself imports the suite (``bench.kafka_batch``)."""
+    module, _, name = path.partition(":")
+
+    async def call(*args: Any) -> Any:
+        return await getattr(importlib.import_module(module), name)(*args)
+
+    return call
 
 
 def _percentile(samples: list[float], q: float) -> float:
