@@ -110,8 +110,10 @@ async def streamlib_receive(
     count: int,
     on: Handler | None = None,
     tracer_provider: TracerProvider | None = None,
+    into: type = Payload,
 ) -> float:
-    """Seconds from the first to the ``count``-th message handled by sink ``take-in-0``.
+    """Seconds from the first to the ``count``-th message handled by sink ``take-in-0``,
+    whose payload type is ``into``.
 
     Without ``on`` the sink only ticks the clock, so no extra call is timed.
     """
@@ -130,6 +132,7 @@ async def streamlib_receive(
             handle(item)
             tick()
 
+    take.__annotations__["item"] = into
     app.sink(take)
     async with app.run():
         await clock.done.wait()
@@ -169,6 +172,7 @@ def arguments(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each contender")
     parser.add_argument("--profile", action="store_true", help="profile streamlib's runs")
     return parser
 

@@ -17,6 +17,7 @@ exporter that drops every span) and sampling 1% of root spans.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -25,8 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from bench.common import (
     Clock,
@@ -35,11 +40,18 @@ from bench.common import (
     dropping_provider,
     faststream_receive,
     payload,
-    print_ratios,
     profiled,
     streamlib_receive,
     streamlib_send,
 )
+from bench.table import Run, Section, report, run_rounds
+from streamlib import StreamApp
+from streamlib._dispatch import HandlerDispatcher
+from streamlib._metrics import BindingMetrics
+from streamlib.binder import ACK, Envelope, Outcome
+from streamlib.converters import PayloadDecoder
+from streamlib.retry import RetryPolicy
+from streamlib.tracing import Tracing
 
 LINGER_MS = 5
 BATCH_SIZE = 65536
@@ -72,12 +84,12 @@ def streamlib_config(bootstrap: str, bindings: dict[str, Any] | None = None) -> 
     }
 
 
-async def create_topic(bootstrap: str) -> str:
+async def create_topic(bootstrap: str, partitions: int = 1) -> str:
     topic = f"bench-{uuid.uuid4().hex[:10]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
     return topic
@@ -92,6 +104,22 @@ async def produce_raw(bootstrap: str, topic: str, items: list[Payload]) -> float
         send = producer.send
         to_json = Payload.__pydantic_serializer__.to_json
         futures = [await send(topic, to_json(item), headers=HEADERS) for item in items]
+        await asyncio.gather(*futures)
+        return time.perf_counter() - start
+    finally:
+        await producer.stop()
+
+
+async def produce_raw_plain(bootstrap: str, topic: str, items: list[Payload]) -> float:
+    """What a user of aiokafka writes: the value only, no headers."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_settings())
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{}")
+        start = time.perf_counter()
+        send = producer.send
+        to_json = Payload.__pydantic_serializer__.to_json
+        futures = [await send(topic, to_json(item)) for item in items]
         await asyncio.gather(*futures)
         return time.perf_counter() - start
     finally:
@@ -119,6 +147,17 @@ async def produce_faststream(bootstrap: str, topic: str, items: list[Payload]) -
 
 
 async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
+    return await _consume_raw(bootstrap, topic, count, Payload.model_validate_json)
+
+
+async def consume_raw_dict(bootstrap: str, topic: str, count: int) -> float:
+    return await _consume_raw(bootstrap, topic, count, orjson.loads)
+
+
+async def _consume_raw(
+    bootstrap: str, topic: str, count: int, validate: Callable[[bytes], Any]
+) -> float:
+    """aiokafka ``getmany``, decode each record, commit after each batch."""
     clock = Clock(count)
     consumer = AIOKafkaConsumer(
         topic,
@@ -129,7 +168,6 @@ async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
     )
     await consumer.start()
     try:
-        validate = Payload.model_validate_json
         while not clock.done.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             for records in batches.values():
@@ -146,6 +184,11 @@ async def consume_raw(bootstrap: str, topic: str, count: int) -> float:
 async def consume_streamlib(bootstrap: str, topic: str, count: int) -> float:
     bindings = {"take-in-0": {"destination": topic, "group": f"sl-{uuid.uuid4().hex[:8]}"}}
     return await streamlib_receive(streamlib_config(bootstrap, bindings), count)
+
+
+async def consume_streamlib_dict(bootstrap: str, topic: str, count: int) -> float:
+    bindings = {"take-in-0": {"destination": topic, "group": f"sld-{uuid.uuid4().hex[:8]}"}}
+    return await streamlib_receive(streamlib_config(bootstrap, bindings), count, into=dict)
 
 
 async def consume_streamlib_metrics(bootstrap: str, topic: str, count: int) -> float:
@@ -191,28 +234,58 @@ async def consume_faststream(bootstrap: str, topic: str, count: int) -> float:
     return await faststream_receive(broker, clock)
 
 
+async def consume_faststream_batch(bootstrap: str, topic: str, count: int) -> float:
+    from faststream.kafka import KafkaBroker
+
+    clock = Clock(count)
+    broker = KafkaBroker(bootstrap, logger=None)
+
+    @broker.subscriber(
+        topic,
+        group_id=f"fsb-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        batch=True,
+        max_records=500,
+    )
+    async def take(items: list[Payload]) -> None:
+        for _ in items:
+            clock.tick()
+
+    return await faststream_receive(broker, clock)
+
+
 Produce = Callable[[str, str, list[Payload]], Awaitable[float]]
 Consume = Callable[[str, str, int], Awaitable[float]]
 
+# The table's contenders, one line each; the first of each is the baseline of its ratios.
 PRODUCERS: dict[str, Produce] = {
-    "raw aiokafka": produce_raw,
+    "raw aiokafka, same record": produce_raw,
+    "raw aiokafka, no headers": produce_raw_plain,
     "streamlib": produce_streamlib,
-    "faststream": produce_faststream,
+    "faststream (no confirms)": produce_faststream,
 }
 CONSUMERS: dict[str, Consume] = {
     "raw aiokafka": consume_raw,
     "streamlib": consume_streamlib,
+    "faststream": consume_faststream,
+    "faststream batch=True": consume_faststream_batch,
+}
+DICT_CONSUMERS: dict[str, Consume] = {
+    "raw aiokafka + orjson": consume_raw_dict,
+    "streamlib": consume_streamlib_dict,
+}
+TRACED_CONSUMERS: dict[str, Consume] = {
+    "streamlib": consume_streamlib,
     "streamlib + metrics": consume_streamlib_metrics,
     "streamlib traced": consume_streamlib_traced,
     "streamlib sampled 1%": consume_streamlib_sampled,
-    "faststream": consume_faststream,
 }
 
 
-async def fill(bootstrap: str, count: int, traced: bool = False) -> str:
+async def fill(bootstrap: str, count: int, traced: bool = False, partitions: int = 1) -> str:
     """A fresh topic holding ``count`` messages as streamlib (and Spring) write them; traced:
     each with the ``traceparent`` of its send span."""
-    topic = await create_topic(bootstrap)
+    topic = await create_topic(bootstrap, partitions)
     items = [payload(n) for n in range(count)]
     if not traced:
         await produce_streamlib(bootstrap, topic, items)
@@ -223,6 +296,205 @@ async def fill(bootstrap: str, count: int, traced: bool = False) -> str:
     finally:
         provider.shutdown()
     return topic
+
+
+async def roundtrip_raw(bootstrap: str, samples: int) -> list[float]:
+    """ms from send to received, one message at a time: aiokafka with its defaults but the
+    same acks and idempotence as streamlib's, consumed with ``getone``."""
+    topic = await create_topic(bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"rtr-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        to_json = Payload.__pydantic_serializer__.to_json
+        out = []
+        for n in range(samples + ROUNDTRIP_SKIP):
+            start = time.perf_counter()
+            future = await producer.send(topic, to_json(payload(n)), headers=HEADERS)
+            record = await consumer.getone()
+            Payload.model_validate_json(record.value)
+            out.append((time.perf_counter() - start) * 1000)
+            await future
+        return out[ROUNDTRIP_SKIP:]
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def roundtrip_streamlib(bootstrap: str, samples: int) -> list[float]:
+    """ms from ``send`` to the sink's call, one message at a time, every setting default."""
+    topic = await create_topic(bootstrap)
+    group = f"rts-{uuid.uuid4().hex[:8]}"
+    config = {
+        "binders": {"kafka": {"type": "kafka", "bootstrap-servers": bootstrap}},
+        "bindings": {"take-in-0": {"destination": topic, "group": group}},
+    }
+    app = StreamApp("bench", config=config)
+    received = asyncio.Event()
+
+    @app.sink
+    async def take(item: Payload) -> None:
+        received.set()
+
+    async with app.run():
+        output = await app.output(topic)
+        out = []
+        for n in range(samples + ROUNDTRIP_SKIP):
+            start = time.perf_counter()
+            confirmation = await output.send(payload(n))
+            await received.wait()
+            out.append((time.perf_counter() - start) * 1000)
+            received.clear()
+            await confirmation
+        return out[ROUNDTRIP_SKIP:]
+
+
+ROUNDTRIP_SKIP = 20
+"""Samples dropped at the start of a round trip run (group join, first fetch)."""
+ROUNDTRIPS: dict[str, Callable[[str, int], Awaitable[list[float]]]] = {
+    "raw aiokafka": roundtrip_raw,
+    "streamlib": roundtrip_streamlib,
+}
+
+
+async def tracing_split(spans: int = 20_000) -> dict[str, float]:
+    """Microseconds per message of a consumer's ``TracedDispatcher`` over the dispatcher it
+    wraps, and of the OpenTelemetry SDK calls it makes (start_span and end with the same
+    attributes, and making the span current), with every span sampled and with 1%."""
+
+    async def bare(envelope: Envelope) -> Outcome:
+        return ACK
+
+    envelopes = [
+        Envelope(b"{}", {"contentType": "application/json"}, None, "bench", 0, n)
+        for n in range(spans)
+    ]
+    out: dict[str, float] = {}
+    for label, ratio in (("", 1.0), (", sampled 1%", 0.01)):
+        provider, _ = dropping_provider(ratio)
+        traced = Tracing(provider).consumer(bare, "bench", "group", "kafka")  # type: ignore[arg-type]
+        tracer = provider.get_tracer("bench")
+        attributes = traced._attributes_of(envelopes[0])
+        start = time.perf_counter()
+        for envelope in envelopes:
+            await bare(envelope)
+        untraced = time.perf_counter() - start
+        start = time.perf_counter()
+        for envelope in envelopes:
+            await traced(envelope)
+        wrapped = time.perf_counter() - start - untraced
+        start = time.perf_counter()
+        for _ in envelopes:
+            span = tracer.start_span("process bench", kind=SpanKind.CONSUMER, attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            otel_context.detach(token)
+            span.end()
+        sdk = time.perf_counter() - start
+        provider.shutdown()
+        out[f"streamlib's TracedDispatcher{label}"] = wrapped / spans * 1e6
+        out[f"  of which SDK calls{label}"] = sdk / spans * 1e6
+    return out
+
+
+async def metrics_split(messages: int = 100_000) -> dict[str, float]:
+    """Microseconds per message of the core's dispatch of a message to a handler that does
+    nothing, with the app's metrics (counters and the handling time histogram) and without."""
+
+    async def handler(item: bytes) -> None:
+        return None
+
+    envelope = Envelope(b"{}", {"contentType": "application/json"}, None, "bench", 0, 1)
+    out: dict[str, float] = {}
+    for label, metrics in (("without metrics", None), ("with metrics", BindingMetrics())):
+        dispatch = HandlerDispatcher(
+            "bench", handler, PayloadDecoder(bytes), False, RetryPolicy(), False, None, metrics
+        )
+        start = time.perf_counter()
+        for _ in range(messages):
+            await dispatch(envelope)
+        out[f"dispatch {label}"] = (time.perf_counter() - start) / messages * 1e6
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partitions", default="1,4", help="partition counts, comma-separated")
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
+    )
+
+
+def sections(args: argparse.Namespace) -> list[Section]:
+    """Every Kafka row of the table."""
+    bootstrap, count, warmup = args.bootstrap, args.messages, args.warmup
+    partitions = [int(p) for p in args.partitions.split(",")]
+    items = [payload(n) for n in range(count)]
+    out: list[Section] = []
+
+    def producing(produce: Produce) -> Run:
+        return lambda topic, n: produce(bootstrap, topic, items[:n])
+
+    def consuming(consume: Consume) -> Run:
+        return lambda topic, n: consume(bootstrap, topic, n + 1)
+
+    def filled(p: int) -> Callable[[], Awaitable[str]]:
+        return lambda: fill(bootstrap, count + 1, partitions=p)
+
+    def topic(p: int) -> Callable[[], Awaitable[str]]:
+        return lambda: create_topic(bootstrap, p)
+
+    for p in partitions:
+        out.append(
+            Section(
+                f"Kafka send, {p} partition(s), pipelined, acks=all, idempotent",
+                count,
+                {name: producing(f) for name, f in PRODUCERS.items()},
+                next(iter(PRODUCERS)),
+                warmup,
+                prepare=topic(p),
+                fresh=True,
+            )
+        )
+    groups = (("into a pydantic model", CONSUMERS), ("into dict", DICT_CONSUMERS))
+    for p in partitions:
+        for label, consumers in groups:
+            out.append(
+                Section(
+                    f"Kafka consume {label}, {p} partition(s)",
+                    count,
+                    {name: consuming(f) for name, f in consumers.items()},
+                    next(iter(consumers)),
+                    warmup,
+                    prepare=filled(p),
+                )
+            )
+    out.append(
+        Section(
+            "Kafka consume, tracing (SDK, dropping exporter) and metrics on vs off",
+            count,
+            {name: consuming(f) for name, f in TRACED_CONSUMERS.items()},
+            next(iter(TRACED_CONSUMERS)),
+            warmup,
+            prepare=filled(1),
+        )
+    )
+    samples = max(100, min(1000, count // 100))
+    out.append(
+        Section(
+            "Kafka one-at-a-time round trip (send to handler), default settings",
+            samples,
+            {name: (lambda _, n, f=f: f(bootstrap, n)) for name, f in ROUNDTRIPS.items()},
+            next(iter(ROUNDTRIPS)),
+            latency=True,
+        )
+    )
+    return out
 
 
 TRACING = ("streamlib", "streamlib + metrics", "streamlib traced", "streamlib sampled 1%")
@@ -240,46 +512,21 @@ async def run_tracing(
     }
     for topic in topics.values():
         for name in TRACING:
-            await CONSUMERS[name](bootstrap, topic, warmup)
+            await TRACED_CONSUMERS[name](bootstrap, topic, warmup)
     rates: dict[str, list[float]] = {}
     for _ in range(rounds):
         for label, topic in topics.items():
             for name in TRACING:
-                elapsed = await CONSUMERS[name](bootstrap, topic, count + 1)
+                elapsed = await TRACED_CONSUMERS[name](bootstrap, topic, count + 1)
                 rates.setdefault(f"consume {name}{label}", []).append(count / elapsed)
     return rates
 
 
-async def run(
-    bootstrap: str, count: int, warmup: int, rounds: int, only: str | None
-) -> dict[str, list[float]]:
-    """Rates (msgs/s) of every contender, ``rounds`` times, contenders interleaved."""
-    items = [payload(n) for n in range(count)]
-    rates: dict[str, list[float]] = {}
-    producers = {k: v for k, v in PRODUCERS.items() if only in (None, k)}
-    consumers = {k: v for k, v in CONSUMERS.items() if only in (None, k)}
-    for produce in producers.values():
-        await produce(bootstrap, await create_topic(bootstrap), items[:warmup])
-    for _ in range(rounds):
-        for name, produce in producers.items():
-            elapsed = await produce(bootstrap, await create_topic(bootstrap), items)
-            rates.setdefault(f"produce {name}", []).append(count / elapsed)
-    topic = await fill(bootstrap, count + 1)
-    for consume in consumers.values():
-        await consume(bootstrap, topic, warmup)
-    for _ in range(rounds):
-        for name, consume in consumers.items():
-            elapsed = await consume(bootstrap, topic, count + 1)
-            rates.setdefault(f"consume {name}", []).append(count / elapsed)
-    return rates
-
-
-def report(rates: dict[str, list[float]]) -> None:
-    """Median and best of the rounds; ratios of medians."""
+def report_tracing(rates: dict[str, list[float]]) -> None:
+    """Median and best of the rounds; the cost of each variant against tracing off."""
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, values in rates.items():
-        print(f"{name:<24} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
-    print_ratios(medians, ("produce", "consume"), "raw aiokafka")
+        print(f"{name:<44} median {medians[name]:>9,.0f} msgs/s   best {max(values):>9,.0f}")
     for label in ("", " (traceparent)"):
         off = medians.get(f"consume streamlib{label}")
         for variant in ("+ metrics", "traced", "sampled 1%"):
@@ -288,25 +535,60 @@ def report(rates: dict[str, list[float]]) -> None:
                 print(f"cost on consume{label}, {variant}: {(1 - on / off) * 100:.1f}%")
 
 
+def report_costs(table: list[Section]) -> None:
+    """The tracing and metrics costs of the table's tracing row, and the SDK's own share."""
+    section = next((s for s in table if s.title.startswith("Kafka consume, tracing")), None)
+    if section is None or not section.results:
+        return
+    rates = {
+        name: statistics.median(section.count / s for s, _ in runs)
+        for name, runs in section.results.items()
+    }
+    off = rates.get("streamlib")
+    if not off:
+        return
+    print("\nTracing and metrics cost on Kafka consume (same run, medians):")
+    for name, rate in rates.items():
+        if name != "streamlib":
+            extra = 1e6 / rate - 1e6 / off
+            print(f"  {name:<24} {(1 - rate / off) * 100:5.1f}%  (+{extra:.2f} us/msg)")
+    print("Tracing and metrics per message, measured apart (the SDK with a batching processor):")
+    for label, us in {**asyncio.run(tracing_split()), **asyncio.run(metrics_split())}.items():
+        print(f"  {label:<44} {us:6.2f} us")
+
+
 def main(argv: list[str]) -> int:
     parser = arguments("python -m bench kafka")
-    parser.add_argument("--rounds", type=int, default=3)
+    add_arguments(parser)
     parser.add_argument(
         "--tracing",
         action="store_true",
-        help="only streamlib's consume: metrics and tracing off vs on",
-    )
-    parser.add_argument(
-        "--bootstrap", default=os.environ.get("STREAMLIB_TEST_KAFKA", "127.0.0.1:9092")
+        help="only streamlib's consume: metrics and tracing off vs on, with and without "
+        "trace context in the records",
     )
     args = parser.parse_args(argv)
     print(f"Kafka at {args.bootstrap}: {args.messages} messages of ~200 bytes")
     if args.profile:
-        only = "streamlib traced" if args.tracing else "streamlib"
-        profiled(run(args.bootstrap, args.messages, args.warmup, 1, only), report)
+        profiled(profile(args.bootstrap, args.messages, args.tracing), lambda _: None)
         return 0
     if args.tracing:
-        report(asyncio.run(run_tracing(args.bootstrap, args.messages, args.warmup, args.rounds)))
+        report_tracing(
+            asyncio.run(run_tracing(args.bootstrap, args.messages, args.warmup, args.rounds))
+        )
         return 0
-    report(asyncio.run(run(args.bootstrap, args.messages, args.warmup, args.rounds, None)))
+    table = sections(args)
+    asyncio.run(run_rounds(table, args.rounds))
+    report(table)
+    report_costs(table)
     return 0
+
+
+async def profile(bootstrap: str, count: int, traced: bool) -> None:
+    """One send and one consume run of streamlib (traced: with the SDK), for cProfile."""
+    items = [payload(n) for n in range(count)]
+    topic = await fill(bootstrap, count + 1)
+    provider = dropping_provider()[0] if traced else None
+    elapsed = await streamlib_send(streamlib_config(bootstrap), topic, items, provider)
+    print(f"send: {count / elapsed:,.0f} msgs/s")
+    consume = consume_streamlib_traced if traced else consume_streamlib
+    print(f"consume: {count / await consume(bootstrap, topic, count + 1):,.0f} msgs/s")

@@ -16,6 +16,7 @@ aio-pika validating the same batches and acking each with one ``multiple`` ack. 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import statistics
@@ -39,6 +40,7 @@ from bench.common import (
     streamlib_receive,
     streamlib_send,
 )
+from bench.table import Run, Section
 from streamlib import StreamApp
 
 PREFETCH = 250
@@ -327,6 +329,61 @@ async def run(
     return results
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("STREAMLIB_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672/"),
+    )
+
+
+def sections(args: argparse.Namespace) -> list[Section]:
+    """The RabbitMQ rows of the table: publish with confirms, and consume."""
+    url, count = args.url, args.messages
+    items = [payload(n) for n in range(count)]
+
+    def publishing(publish: Publish) -> Run:
+        async def run(_: Any, n: int) -> float:
+            dest = await declare(url, ["sink"])
+            try:
+                return await publish(url, dest, items[:n])
+            finally:
+                await cleanup(url, dest, ["sink"])
+
+        return run
+
+    def consuming(name: str) -> Run:
+        return lambda dest, n: CONSUMERS[name](url, dest, GROUPS[name], n, ignore)
+
+    async def filled() -> str:
+        # Every contender's queue gets a copy of each message.
+        dest = await declare(url, list(GROUPS.values()))
+        await publish_streamlib(url, dest, items)
+        return dest
+
+    async def drop(dest: str) -> None:
+        await cleanup(url, dest, list(GROUPS.values()))
+
+    return [
+        Section(
+            "RabbitMQ publish, persistent, publisher confirms",
+            count,
+            {name: publishing(PUBLISHERS[name]) for name in CONTENDERS},
+            CONTENDERS[0],
+            args.warmup,
+        ),
+        Section(
+            f"RabbitMQ consume into a pydantic model, prefetch {PREFETCH}, ack each",
+            count,
+            {name: consuming(name) for name in CONTENDERS},
+            CONTENDERS[0],
+            args.warmup,
+            prepare=filled,
+            cleanup=drop,
+            fresh=True,
+        ),
+    ]
+
+
 def report(results: dict[str, float]) -> None:
     for name, value in results.items():
         unit = "ms" if name.startswith("latency") else "msgs/s"
@@ -345,10 +402,7 @@ def report(results: dict[str, float]) -> None:
 def main(argv: list[str]) -> int:
     parser = arguments("python -m bench rabbit")
     parser.add_argument("--latency", type=int, default=1_000, help="latency samples")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("STREAMLIB_TEST_RABBIT", "amqp://guest:guest@127.0.0.1:5672/"),
-    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     print(f"RabbitMQ: {args.messages} messages of ~200 bytes")
     if args.profile:

@@ -11,7 +11,6 @@ update happens in the event loop's thread, so plain additions are safe.
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -134,9 +133,9 @@ class _CountedMany:
 
 
 class ObservedDispatcher:
-    """A binding's dispatcher that counts what it receives, how many messages are in flight
-    and how long each takes to reach its outcome (retries included), and tells the logs which
-    binding and destination a record was logged for (JSON logs)."""
+    """A binding's dispatcher that tells the logs which binding and destination a record was
+    logged for (JSON logs). The counting and timing are the inner ``HandlerDispatcher``'s,
+    which has the binding's ``metrics``."""
 
     __slots__ = ("_binding", "_inner", "_logs", "_metrics")
 
@@ -147,16 +146,13 @@ class ObservedDispatcher:
         self._logs = _logs.context_enabled
 
     async def __call__(self, envelope: Envelope) -> Outcome:
-        metrics = self._metrics
-        metrics.received += 1
-        token = _logs.enter(self._binding, envelope.destination) if self._logs else None
-        start = time.perf_counter()
+        if not self._logs:
+            return await self._inner(envelope)
+        token = _logs.enter(self._binding, envelope.destination)
         try:
             return await self._inner(envelope)
         finally:
-            metrics.observe(time.perf_counter() - start)
-            if token is not None:
-                _logs.leave(token)
+            _logs.leave(token)
 
     @property
     def batching(self) -> Batching | None:
@@ -179,7 +175,6 @@ class ObservedDispatcher:
                 _logs.leave(token)
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
-        self._metrics.received += 1
         return self._inner.unreadable(exc, where)
 
 

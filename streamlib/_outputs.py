@@ -18,7 +18,7 @@ from .binder import DONE, BulkProducer, Producer
 from .config import BindingProperties, did_you_mean
 from .converters import encode
 from .errors import ConfigError, MessageConversionError
-from .messages import CONTENT_TYPE, Envelope, Message
+from .messages import APPLICATION_JSON, CONTENT_TYPE, Envelope, Message
 from .partitioning import PartitionSelector, default_partition_selector, select_partition
 from .tracing import TracedSend
 
@@ -209,6 +209,7 @@ class Output:
         self._metrics = metrics
         self._traced = traced
         self._content_type = props.content_type
+        self._model_type = props.content_type or APPLICATION_JSON
         pprops = props.producer
         self._partition_count = pprops.partition_count
         self._partitioned = pprops.partitioned
@@ -224,6 +225,15 @@ class Output:
         self, payload: Any, key: Any = None, headers: Mapping[str, Any] | None = None
     ) -> Envelope:
         """Encode ``payload`` (or a ``Message``) with its partition and content type."""
+        if (
+            key is None
+            and headers is None
+            and not self._partitioned
+            and isinstance(payload, BaseModel)
+        ):
+            # The usual send, a model alone: what ``encode`` and the code below would make.
+            body = payload.__pydantic_serializer__.to_json(payload, by_alias=True)
+            return Envelope(body, {CONTENT_TYPE: self._model_type}, None, self.destination)
         if isinstance(payload, Message):
             headers = {**payload.headers, **(headers or {})}
             key = payload.key if key is None else key
@@ -322,11 +332,18 @@ class DynamicOutputs:
         headers: Mapping[str, Any] | None = None,
     ) -> Awaitable[None]:
         """Send through the output of ``destination`` (bound if needed); the confirmation."""
-        entry = await self._acquire(destination)
+        entry = self._cache.get(destination)
+        if entry is None:
+            entry = await self._acquire(destination)
+        else:
+            self._cache.move_to_end(destination)
+            entry.users += 1
         try:
             return await entry.output.send(payload, key, headers)
         finally:
-            await self._release(entry)
+            entry.users -= 1
+            if entry.evicted:
+                await self._close_if_unused(entry)
 
     async def send_many(
         self,

@@ -646,9 +646,9 @@ class StreamApp:
             raise
 
     def _observed(self, name: str, dispatcher: HandlerDispatcher) -> Dispatcher:
-        """What the binder calls: ``dispatcher``, counted in the metrics and named in the
-        logs when either is on."""
-        if self._metrics is None and not _logs.context_enabled:
+        """What the binder calls: ``dispatcher`` (which counts in the metrics), named in the
+        logs when JSON logs are on."""
+        if not _logs.context_enabled:
             return dispatcher
         metrics = self._metrics.binding(name) if self._metrics is not None else None
         return _metrics.ObservedDispatcher(name, dispatcher, metrics)

@@ -36,6 +36,8 @@ def _is_text(mime: str) -> bool:
 
 BodyDecoder = Callable[[bytes], Any]
 
+_MODEL_VALIDATE_JSON = BaseModel.model_validate_json.__func__  # type: ignore[attr-defined]
+
 
 def _utf8(body: bytes) -> str:
     return body.decode("utf-8")
@@ -68,11 +70,33 @@ def body_decoder(target: Any, mime: str) -> BodyDecoder:
                 )
 
             return refuse
+        if getattr(target.model_validate_json, "__func__", None) is _MODEL_VALIDATE_JSON:
+            # What model_validate_json calls, without its keyword handling per message.
+            validate: BodyDecoder = target.__pydantic_validator__.validate_json
+            return validate
         return target.model_validate_json
     adapter: TypeAdapter[Any] = TypeAdapter(target)
+    if (target is dict or target == dict[str, Any]) and _is_json(mime):
+        return _json_object(adapter)
     if _is_text(mime):
         return lambda body: adapter.validate_python(body.decode("utf-8"))
     return adapter.validate_json
+
+
+def _json_object(adapter: TypeAdapter[Any]) -> BodyDecoder:
+    """A JSON object as a ``dict``, parsed by orjson; what orjson refuses or reads as
+    something else (a list, a number beyond 64 bits, NaN) goes to the ``dict`` adapter, so
+    results and errors are the adapter's."""
+    loads, fallback, decode_error = orjson.loads, adapter.validate_json, orjson.JSONDecodeError
+
+    def decode(body: bytes) -> Any:
+        try:
+            value = loads(body)
+        except decode_error:
+            return fallback(body)
+        return value if type(value) is dict else fallback(body)
+
+    return decode
 
 
 class PayloadDecoder:
@@ -115,7 +139,11 @@ class PayloadDecoder:
 
     def __call__(self, body: bytes, headers: dict[str, Any]) -> Any:
         """The payload of ``body``; raises MessageConversionError naming type and mime."""
-        decode, mime = self.for_header(headers.get(CONTENT_TYPE))
+        header = headers.get(CONTENT_TYPE)
+        try:  # for_header, inlined: this runs for every message
+            decode, mime = self._by_header[header]
+        except (KeyError, TypeError):
+            decode, mime = self._resolve(header)
         try:
             return decode(body)
         except ValueError as exc:

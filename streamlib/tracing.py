@@ -79,6 +79,9 @@ class _HeaderSetter(Setter[MutableMapping[str, Any]]):
 
 _GETTER = _HeaderGetter()
 _SETTER = _HeaderSetter()
+_NO_CONTEXT = Context()
+"""What a message without trace context continues: nothing (contexts are never mutated)."""
+_PARTITIONS_CACHED = 1024
 
 
 def _text(headers: Mapping[str, Any], name: str) -> str | None:
@@ -125,7 +128,7 @@ def extract(headers: Mapping[str, Any], fields: frozenset[str] | None = None) ->
     else B3; an empty context when there is none. ``fields`` (``context_fields()``) lets a
     message without any of them skip the propagator."""
     if not headers or (fields is not None and headers.keys().isdisjoint(fields)):
-        return Context()
+        return _NO_CONTEXT
     context = propagate.extract(headers, getter=_GETTER)
     if trace.get_current_span(context).get_span_context().is_valid:
         return context
@@ -186,20 +189,34 @@ class TracedSend:
             OPERATION_NAME: "send",
             OPERATION_TYPE: "send",
         }
+        self._by_partition: dict[int, dict[str, Any]] = {}
 
     async def send(self, producer: Producer, envelope: Envelope) -> Awaitable[None]:
-        attributes: dict[str, Any] = self._attributes
-        if envelope.partition is not None:
-            attributes = {**attributes, PARTITION_ID: str(envelope.partition)}
-        with self._tracer.start_as_current_span(
-            self._name, kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
+        partition = envelope.partition
+        attributes = self._attributes
+        if partition is not None:
+            attributes = self._by_partition.get(partition) or self._for_partition(partition)
+        # What start_as_current_span does, without its context manager's cost.
+        span = self._tracer.start_span(self._name, kind=SpanKind.PRODUCER, attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             propagate.inject(envelope.headers, setter=_SETTER)
-            try:
-                return await producer.send(envelope)
-            except Exception as exc:
-                span.set_attribute(ERROR_TYPE, f"{type(exc).__module__}.{type(exc).__qualname__}")
-                raise
+            return await producer.send(envelope)
+        except Exception as exc:
+            span.set_attribute(ERROR_TYPE, f"{type(exc).__module__}.{type(exc).__qualname__}")
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def _for_partition(self, partition: int) -> dict[str, Any]:
+        attributes = {**self._attributes, PARTITION_ID: str(partition)}
+        if len(self._by_partition) < _PARTITIONS_CACHED:
+            self._by_partition[partition] = attributes
+        return attributes
 
     async def send_many(
         self,
@@ -249,11 +266,19 @@ class TracedDispatcher:
         }
         if group is not None:
             self._attributes[CONSUMER_GROUP] = group
+        self._by_partition: dict[int, dict[str, Any]] = {}
 
     def _attributes_of(self, envelope: Envelope) -> dict[str, Any]:
-        attributes = dict(self._attributes)
-        if envelope.partition is not None:
-            attributes[PARTITION_ID] = str(envelope.partition)
+        partition = envelope.partition
+        if partition is None:
+            attributes = dict(self._attributes)
+        else:
+            base = self._by_partition.get(partition)
+            if base is None:
+                base = {**self._attributes, PARTITION_ID: str(partition)}
+                if len(self._by_partition) < _PARTITIONS_CACHED:
+                    self._by_partition[partition] = base
+            attributes = dict(base)
         if envelope.offset is not None and self._offset is not None:
             attributes[self._offset] = envelope.offset
         if envelope.message_id is not None:

@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 from pydantic import BaseModel
 
@@ -41,6 +43,16 @@ def test_generic_types_are_validated() -> None:
     assert PayloadDecoder(list[int])(b"[1, 2]", {}) == [1, 2]
     with pytest.raises(MessageConversionError):
         PayloadDecoder(list[int])(b'["a"]', {})
+
+
+@pytest.mark.parametrize("target", [dict, dict[str, Any]])
+def test_a_dict_payload_is_a_json_object_whatever_parses_it(target: Any) -> None:
+    decode = PayloadDecoder(target)
+    assert decode(b'{"a": [1, {"b": null}], "c": 1.5}', {}) == {"a": [1, {"b": None}], "c": 1.5}
+    assert decode(b'{"big": %d}' % 2**70, {}) == {"big": 2**70}
+    for body in (b"[1]", b"3", b"{nope"):
+        with pytest.raises(MessageConversionError, match="cannot convert application/json body"):
+            decode(body, {})
 
 
 def test_encoding_picks_the_content_type_from_the_payload() -> None:

@@ -516,7 +516,14 @@ class KafkaBinding(BaseBinding):
                 state.handled(generation, record.offset, letter, dead_letter=True)
                 return
             await asyncio.sleep(self._policy.backoff(failed.attempts))
-        outcome = await self._dispatch_record(record)
+        # _dispatch_record, inlined: this runs for every record.
+        try:
+            envelope = envelope_of(record)
+        except Exception as exc:
+            where = f"{record.topic} partition {record.partition} offset {record.offset}"
+            outcome = self._dispatch.unreadable(exc, where)
+        else:
+            outcome = await self._dispatch(envelope)
         if outcome is ACK and not state.pending:
             state.handled(generation, record.offset, None)
             return

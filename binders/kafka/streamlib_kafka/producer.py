@@ -15,6 +15,7 @@ that grows while replacements follow each other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Generator, Sequence
@@ -28,6 +29,7 @@ from .bulk import send_many as send_batches
 from .errors import PRODUCER_FATAL, KafkaError, describe, mapped, start_client, to_streamlib
 from .headers import encode_headers
 from .limits import Headers, RecordLimits
+from .routing import Router
 from .transactions import current_transaction
 
 log = logging.getLogger("streamlib.kafka")
@@ -76,6 +78,7 @@ class ProducerClient:
         self._idempotent = bool(kwargs.get("enable_idempotence"))
         self.batch_size: int = kwargs.get("max_batch_size", 16384)
         self._producer: Any = None
+        self._router: Router | None = None
         self._broken: str | None = None
         self._lock = asyncio.Lock()
         self._replaced_at = -REPLACE_QUIET
@@ -91,6 +94,11 @@ class ProducerClient:
                 elif self._broken is not None:
                     await self._replace()
         return self._producer
+
+    @property
+    def ready(self) -> Any:
+        """The producer if it can send now (started, not to be replaced), else None."""
+        return self._producer if self._broken is None else None
 
     @property
     def started(self) -> Any:
@@ -114,6 +122,7 @@ class ProducerClient:
     async def _start(self) -> Any:
         producer = AIOKafkaProducer(**self._kwargs)
         await start_client(producer, "connecting the producer")
+        self._router = Router(producer, functools.partial(self._delivered, producer))
         return producer
 
     async def _replace(self) -> None:
@@ -158,8 +167,13 @@ class ProducerClient:
         mapped PublishError when aiokafka refuses to queue it.
         """
         self.limits.check(topic, key, body, headers)
+        router = self._router
+        ours = producer is self._producer and router is not None and router.producer is producer
         try:
-            future = await producer.send(topic, body, key, partition, None, headers)
+            if ours and router is not None:
+                future = await router.send(topic, body, key, partition, headers)
+            else:
+                future = await producer.send(topic, body, key, partition, None, headers)
         except KafkaError as exc:
             # Refused before it was queued (a full buffer, no metadata): no sequence gap.
             if isinstance(exc, PRODUCER_FATAL):
@@ -174,8 +188,8 @@ class ProducerClient:
                 f"has {len(known)} partition(s); check its producer.partition-count",
                 retriable=False,
             ) from None
-        if producer is self._producer:
-            future.add_done_callback(lambda f: self._delivered(producer, f))
+        if ours and router is not None:
+            future.add_done_callback(router.on_delivery)
         return Confirmation(future, topic)
 
     def _delivered(self, producer: Any, future: asyncio.Future[Any]) -> None:
@@ -211,10 +225,10 @@ class KafkaProducer:
         """Queue the message; partition from the core when set, else Kafka's partitioner."""
         client = self._client
         transaction = current_transaction.get()
-        if transaction is None or transaction.owner is not client:
-            producer = await client.get()
-        else:
+        if transaction is not None and transaction.owner is client:
             producer = transaction.producer
+        else:
+            producer = client.ready or await client.get()
         key = envelope.key
         if isinstance(key, str):
             key = key.encode()
