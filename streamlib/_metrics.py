@@ -159,20 +159,13 @@ class ObservedDispatcher:
         return self._inner.batching
 
     async def dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        """Every record counted as received; each reaches its outcome when the batch does
-        (retries of its failed records included)."""
-        if not envelopes:
-            return []
-        metrics = self._metrics
-        metrics.received += len(envelopes)
-        token = _logs.enter(self._binding, envelopes[0].destination) if self._logs else None
-        start = time.perf_counter()
+        if not self._logs or not envelopes:
+            return await self._inner.dispatch_batch(envelopes)
+        token = _logs.enter(self._binding, envelopes[0].destination)
         try:
             return await self._inner.dispatch_batch(envelopes)
         finally:
-            metrics.observe_many(time.perf_counter() - start, len(envelopes))
-            if token is not None:
-                _logs.leave(token)
+            _logs.leave(token)
 
     def unreadable(self, exc: BaseException, where: str) -> Outcome:
         return self._inner.unreadable(exc, where)
