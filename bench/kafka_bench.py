@@ -44,7 +44,7 @@ from bench.common import (
     streamlib_receive,
     streamlib_send,
 )
-from bench.table import Run, Section, report, run_rounds
+from bench.table import Run, Section, lazy, report, run_rounds
 from streamlib import StreamApp
 from streamlib._dispatch import HandlerDispatcher
 from streamlib._metrics import BindingMetrics
@@ -482,6 +482,47 @@ def sections(args: argparse.Namespace) -> list[Section]:
             next(iter(TRACED_CONSUMERS)),
             warmup,
             prepare=filled(1),
+        )
+    )
+    batch = "bench.kafka_batch"
+    size = 500
+
+    def batch_consuming(consume: Callable[..., Awaitable[float]]) -> Run:
+        return lambda topic, n: consume(bootstrap, topic, n + 1, size)
+
+    out.append(
+        Section(
+            f"Kafka batch consume into a pydantic model, 1 partition, batches of {size}",
+            count,
+            {
+                name: batch_consuming(lazy(f"{batch}:{fn}"))
+                for name, fn in (
+                    ("raw getmany + validate", "consume_raw"),
+                    ("streamlib list[T] sink", "consume_streamlib"),
+                    ("FastStream batch=True", "consume_faststream"),
+                )
+            },
+            "raw getmany + validate",
+            warmup,
+            prepare=filled(1),
+        )
+    )
+    out.append(
+        Section(
+            "Kafka bulk send, 1 partition, acks=all, idempotent",
+            count,
+            {
+                name: producing(lazy(f"{batch}:{fn}"))
+                for name, fn in (
+                    ("raw send per message", "produce_raw_send"),
+                    ("streamlib send_many", "produce_streamlib_many"),
+                    ("raw create_batch/send_batch", "produce_raw_batch"),
+                )
+            },
+            "raw send per message",
+            warmup,
+            prepare=topic(1),
+            fresh=True,
         )
     )
     samples = max(100, min(1000, count // 100))

@@ -363,7 +363,37 @@ def sections(args: argparse.Namespace) -> list[Section]:
     async def drop(dest: str) -> None:
         await cleanup(url, dest, list(GROUPS.values()))
 
+    async def filled_batch() -> str:
+        dest = await declare(url, [GROUPS[n] for n in BATCH_CONSUMERS])
+        await publish_streamlib(url, dest, items)
+        return dest
+
+    async def drop_batch(dest: str) -> None:
+        await cleanup(url, dest, [GROUPS[n] for n in BATCH_CONSUMERS])
+
+    def batch_consuming(name: str) -> Run:
+        return lambda dest, n: BATCH_CONSUMERS[name](url, dest, GROUPS[name], n, ignore)
+
+    bulk = {name: publishing(PUBLISHERS[name]) for name in CONTENDERS if name == "raw aio-pika"}
+    bulk["streamlib send_many"] = publishing(send_many_streamlib)
     return [
+        Section(
+            f"RabbitMQ send_many, windows of {WINDOW:,}, publisher confirms",
+            count,
+            bulk,
+            "raw aio-pika",
+            args.warmup,
+        ),
+        Section(
+            f"RabbitMQ batch consume, list[T] sink, batches of {BATCH}, prefetch {BATCH_PREFETCH}",
+            count,
+            {name: batch_consuming(name) for name in BATCH_CONSUMERS},
+            "raw aio-pika",
+            args.warmup,
+            prepare=filled_batch,
+            cleanup=drop_batch,
+            fresh=True,
+        ),
         Section(
             "RabbitMQ publish, persistent, publisher confirms",
             count,
