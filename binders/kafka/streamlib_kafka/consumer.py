@@ -163,33 +163,34 @@ def envelope_of(record: Any) -> Envelope:
     )
 
 
+_NO_HEADERS = object()  # equal to no record's headers
+
+
 def envelopes_of(records: Sequence[Any]) -> list[Envelope]:
     """The envelopes of consumed records, as ``envelope_of`` makes them, in one loop: a run
     of records with equal headers (one producer's, mostly) decodes them once, and every
     envelope still gets its own headers dict."""
     envelopes: list[Envelope] = []
     append = envelopes.append
-    last: Any = None
+    envelope, extras = Envelope, RecordExtras
+    last: Any = _NO_HEADERS
     decoded: dict[str, Any] = {}
     for record in records:
         raw = record.headers
-        if raw is last or (last is not None and raw == last):
-            headers = dict(decoded)
-        else:
+        if raw != last:
             decoded = decode_headers(raw)
-            headers = dict(decoded)
             last = raw
         value = record.value
         append(
-            Envelope(
+            envelope(
                 value if value is not None else b"",
-                headers,
+                dict(decoded),
                 record.key,
                 record.topic,
                 record.partition,
                 record.offset,
                 record.timestamp / 1000.0,
-                RecordExtras(record),
+                extras(record),
             )
         )
     return envelopes
