@@ -11,12 +11,13 @@ from typing import Any
 import anyio
 
 from ._dispatch import HandlerDispatcher, _where
-from .binder import ACK, Outcome
+from .binder import ACK, CONTENT_TYPE, Outcome
 from .errors import BatchFailed, StreamlibError
 from .messages import Envelope, Message
 from .retry import Failure
 
 log = logging.getLogger("streamlib.consumer")
+_UNSET = object()
 
 
 class BatchDispatcher(HandlerDispatcher):
@@ -48,32 +49,56 @@ class BatchDispatcher(HandlerDispatcher):
             metrics.observe_many(perf_counter() - start, len(envelopes))
 
     async def _dispatch_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(envelopes)
         failed: dict[int, BaseException] = {}
-        args: list[Any] = []
-        positions: list[int] = []
-        decode, wants_message, received = self._decoder, self._wants_message, Message._received
-        for index, envelope in enumerate(envelopes):
-            try:
-                payload = decode(envelope.body, envelope.headers)
-            except Exception as exc:
-                failed[index] = exc  # undecodable: it takes the one-at-a-time path
-                continue
-            args.append(received(payload, envelope, 1) if wants_message else payload)
-            positions.append(index)
-        if args:
+        args = self._decoded(envelopes, failed)
+        if not args:
+            outcomes: list[Outcome] = [ACK] * len(envelopes)
+        else:
             pending, failures = await self._attempt(args)
             succeeded = ACK if pending is None else Outcome(pending=pending)
-            for local, index in enumerate(positions):
-                failure = failures.get(local)
-                if failure is None:
-                    outcomes[index] = succeeded
-                    self._metrics.handled += 1
-                else:
-                    failed[index] = failure
+            outcomes = [succeeded] * len(envelopes)
+            if failures:
+                # Positions of the decoded records among ``envelopes``.
+                positions = [i for i in range(len(envelopes)) if i not in failed]
+                for local, failure in failures.items():
+                    failed[positions[local]] = failure
+            self._metrics.handled += len(args) - len(failures)
         for index in sorted(failed):
             outcomes[index] = await self._retry_alone(envelopes[index], failed[index])
-        return [outcome if outcome is not None else ACK for outcome in outcomes]
+        return outcomes
+
+    def _decoded(
+        self, envelopes: Sequence[Envelope], undecodable: dict[int, BaseException]
+    ) -> list[Any]:
+        """The handler's argument for each of ``envelopes`` that decodes, in order; the
+        others' errors go to ``undecodable`` by index (they take the one-at-a-time path).
+        A batch's records mostly share one ``contentType``, so its body decoder is looked up
+        once per run of equal headers, not once per record."""
+        decoder, wants_message, received = self._decoder, self._wants_message, Message._received
+        args: list[Any] = []
+        append = args.append
+        last: object = _UNSET
+        decode: Any = None
+        mime = ""
+        for index, envelope in enumerate(envelopes):
+            content_type = envelope.headers.get(CONTENT_TYPE)
+            if content_type is not last:
+                try:
+                    decode, mime = decoder.for_header(content_type)
+                except Exception as exc:
+                    undecodable[index] = exc
+                    continue
+                last = content_type
+            try:
+                payload = decode(envelope.body)
+            except ValueError as exc:
+                undecodable[index] = decoder.error(mime, exc)
+                continue
+            except Exception as exc:
+                undecodable[index] = exc
+                continue
+            append(received(payload, envelope, 1) if wants_message else payload)
+        return args
 
     def _arg(self, envelope: Envelope, attempt: int) -> Any:
         payload = self._decoder(envelope.body, envelope.headers)

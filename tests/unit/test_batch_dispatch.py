@@ -269,3 +269,36 @@ def test_every_record_ends_with_one_outcome_and_is_tried_as_the_policy_says(
     assert metrics.failed == gave_up
     assert metrics.dead_lettered == (gave_up if dlq else 0)
     assert metrics.retried == sum(len(results) - 1 for results in tried.values())
+
+
+@given(st.lists(st.sampled_from(["ok", "bad", "undecodable"]), max_size=10))
+def test_each_outcome_is_its_own_records_among_undecodable_and_failed_ones(
+    kinds: list[str],
+) -> None:
+    """Undecodable records are left out of the call, and ``BatchFailed``'s indexes (into
+    the list the handler got) still name the right records' outcomes."""
+    bodies = [
+        b"{oops" if kind == "undecodable" else str(n).encode() for n, kind in enumerate(kinds)
+    ]
+
+    async def take(items: list[int]) -> None:
+        failing = {i: RuntimeError(str(r)) for i, r in enumerate(items) if kinds[r] == "bad"}
+        if failing:
+            raise BatchFailed(failing)
+
+    metrics = BindingMetrics()
+    outcomes = asyncio.run(
+        dispatcher(take, max_attempts=1, metrics=metrics).dispatch_batch(envelopes(*bodies))
+    )
+    assert len(outcomes) == len(kinds)
+    for n, (kind, outcome) in enumerate(zip(kinds, outcomes, strict=True)):
+        if kind == "ok":
+            assert outcome is ACK
+        else:
+            assert outcome.failure is not None
+            error = outcome.failure.exception
+            if kind == "bad":
+                assert isinstance(error, RuntimeError) and str(error) == str(n)
+            else:
+                assert isinstance(error, MessageConversionError)
+    assert metrics.handled == kinds.count("ok")

@@ -108,30 +108,40 @@ async def _by_partition(
     last_partition: int | None = None
     headers: Headers | None = None
     header_bytes = 0
+    check = limits.check
     for envelope in envelopes:
         key = envelope.key
-        if isinstance(key, str):
-            key = key.encode()
         body = envelope.body
         partition = envelope.partition
         source = envelope.headers
         # A bulk's messages mostly carry equal headers: encoded once.
-        if headers is None or source != last_source or partition != last_partition:
+        if source != last_source or partition != last_partition or headers is None:
             headers = encode_headers(source, partition)
             header_bytes = sum(len(n) + len(v) + _PER_HEADER for n, v in headers)
             last_source, last_partition = source, partition
-        if exact or len(body) + (len(key) if key else 0) + header_bytes > roomy:
-            limits.check(topic, key, body, headers)
-        if partition is None:
-            if key is not None:
-                target = chosen.get(key, -1)
-                if target < 0:
-                    target = chosen[key] = _partitioner(key, every, available)
-            else:
+        if key is None:
+            if exact or len(body) + header_bytes > roomy:
+                check(topic, key, body, headers)
+            if partition is None:
+                # The usual bulk: keyless records to the partition chosen once per call.
                 if keyless is None:
                     keyless = _partitioner(None, every, available)
-                target = keyless
-        elif partition in known:
+                if keyless != last_target:
+                    found = groups.get(keyless)
+                    group = groups[keyless] = [] if found is None else found
+                    last_target = keyless
+                group.append((None, body, headers))
+                continue
+        else:
+            if isinstance(key, str):
+                key = key.encode()
+            if exact or len(body) + len(key) + header_bytes > roomy:
+                check(topic, key, body, headers)
+        if partition is None and key is not None:  # keyless ones were grouped above
+            target = chosen.get(key, -1)
+            if target < 0:
+                target = chosen[key] = _partitioner(key, every, available)
+        elif partition is not None and partition in known:
             target = partition
         else:
             raise PublishError(

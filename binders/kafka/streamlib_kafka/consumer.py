@@ -15,7 +15,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
@@ -161,6 +161,39 @@ def envelope_of(record: Any) -> Envelope:
         record.timestamp / 1000.0,
         RecordExtras(record),
     )
+
+
+_NO_HEADERS = object()  # equal to no record's headers
+
+
+def envelopes_of(records: Sequence[Any]) -> list[Envelope]:
+    """The envelopes of consumed records, as ``envelope_of`` makes them, in one loop: a run
+    of records with equal headers (one producer's, mostly) decodes them once, and every
+    envelope still gets its own headers dict."""
+    envelopes: list[Envelope] = []
+    append = envelopes.append
+    envelope, extras = Envelope, RecordExtras
+    last: Any = _NO_HEADERS
+    decoded: dict[str, Any] = {}
+    for record in records:
+        raw = record.headers
+        if raw != last:
+            decoded = decode_headers(raw)
+            last = raw
+        value = record.value
+        append(
+            envelope(
+                value if value is not None else b"",
+                dict(decoded),
+                record.key,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.timestamp / 1000.0,
+                extras(record),
+            )
+        )
+    return envelopes
 
 
 class KafkaBinding(BaseBinding):
@@ -789,7 +822,7 @@ class KafkaBinding(BaseBinding):
         become envelopes, ``unreadable`` for the others."""
         unreadable: dict[int, Outcome] = {}
         try:
-            envelopes = [envelope_of(record) for record in records]
+            envelopes = envelopes_of(records)
         except Exception:
             envelopes = []
             for i, record in enumerate(records):
