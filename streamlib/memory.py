@@ -188,45 +188,20 @@ class MemoryBinding(BaseBinding):
         batching = self._dispatch.batching
         self._tasks = [
             asyncio.create_task(
-                self._work(queue) if batching is None else self._work_batches(queue, batching),
+                self._work(queue, batching),
                 name=f"{self.name}:{queue.name}:{i}",
             )
             for queue in self._queues
             for i in range(workers)
         ]
 
-    async def _work(self, queue: _Queue) -> None:
+    async def _work(self, queue: _Queue, batching: Batching | None) -> None:
+        """Take the next envelope (or batch, for a handler that takes a list), dispatch it
+        and settle each outcome in order; what an interruption leaves unsettled goes back
+        to the head of the queue."""
         while True:
             await self._running.wait()
-            envelope = await queue.get()
-            if self._stopping or not self._running.is_set():
-                queue.requeue(envelope)
-                if self._stopping:
-                    return
-                continue
-            self._busy += 1
-            self._idle.clear()
-            try:
-                await self._handle(envelope)
-            except BaseException as exc:
-                queue.requeue(envelope)  # interrupted: redeliver, at-least-once
-                if not isinstance(exc, asyncio.CancelledError):
-                    log.critical(
-                        "binding %s: worker on %s died; the binding is down",
-                        self.name,
-                        queue.name,
-                        exc_info=exc,
-                    )
-                raise
-            finally:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._idle.set()
-
-    async def _work_batches(self, queue: _Queue, batching: Batching) -> None:
-        while True:
-            await self._running.wait()
-            batch = await queue.get_batch(batching)
+            batch = [await queue.get()] if batching is None else await queue.get_batch(batching)
             if self._stopping or not self._running.is_set():
                 queue.requeue_all(batch)
                 if self._stopping:
@@ -236,7 +211,10 @@ class MemoryBinding(BaseBinding):
             self._idle.clear()
             done = 0
             try:
-                outcomes = await self._dispatch.dispatch_batch(batch)
+                if batching is None:
+                    outcomes = [await self._dispatch(batch[0])]
+                else:
+                    outcomes = await self._dispatch.dispatch_batch(batch)
                 for envelope, outcome in zip(batch, outcomes, strict=True):
                     await self._settle(envelope, outcome)
                     done += 1
@@ -254,9 +232,6 @@ class MemoryBinding(BaseBinding):
                 self._busy -= 1
                 if self._busy == 0:
                     self._idle.set()
-
-    async def _handle(self, envelope: Envelope) -> None:
-        await self._settle(envelope, await self._dispatch(envelope))
 
     async def _settle(self, envelope: Envelope, outcome: Outcome) -> None:
         """Act on ``envelope``'s outcome: wait for its pending output, dead-letter a failure."""

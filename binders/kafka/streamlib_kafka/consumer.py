@@ -603,6 +603,18 @@ class KafkaBinding(BaseBinding):
         """Like ``_work``, but records commit in transactions of their partition's producer
         (one per batch unless a pause splits it): the handler's sends (through
         ``current_transaction``), dead letters and the consumed offsets commit together."""
+        await self._work_in_steps(worker, self._transact)
+
+    async def _work_in_steps(
+        self,
+        worker: _Worker,
+        step: Callable[[_Partition, int, list[Any], int], Awaitable[int]],
+        gather: Callable[[_Worker, _Partition, int, list[Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        """A worker's loop: each partition's fetched records go to ``step`` from the first,
+        which handles some and returns the index of the next (``gather`` may first add more
+        of the partition's records); it waits while paused and ends at a revoke. The worker
+        dying rewinds the partition to its first unfinished record."""
         batches = worker.batches
         while True:
             if not batches:
@@ -610,15 +622,17 @@ class KafkaBinding(BaseBinding):
                 await worker.wake.wait()
                 continue
             state, generation, records = batches.popleft()
-            start = 0
             try:
+                if gather is not None:
+                    await gather(worker, state, generation, records)
+                start = 0
                 while start < len(records):
                     if self._paused:
                         await self._resumed.wait()
                     if not state.accepts(generation):
                         break
                     worker.current = state
-                    start = await self._transact(state, generation, records, start)
+                    start = await step(state, generation, records, start)
                     worker.current = None
             except Exception:
                 self._redeliver(state)
@@ -740,33 +754,17 @@ class KafkaBinding(BaseBinding):
         batching = self._dispatch.batching
         assert batching is not None
         handle = self._handle_batch if self._new_transactional is None else self._transact_batch
-        batches = worker.batches
-        while True:
-            if not batches:
-                worker.wake.clear()
-                await worker.wake.wait()
-                continue
-            state, generation, records = batches.popleft()
-            try:
-                if len(records) < batching.size:
-                    await self._gather(worker, state, generation, records, batching)
-                start = 0
-                while start < len(records):
-                    if self._paused:
-                        await self._resumed.wait()
-                    if not state.accepts(generation):
-                        break
-                    worker.current = state
-                    start = await handle(state, generation, records, start, batching.size)
-                    worker.current = None
-            except Exception:
-                self._redeliver(state)
-                raise
-            finally:
-                worker.current = None
-                self._in_flight -= len(records)
-                if self._in_flight < self._max_in_flight:
-                    self._room.set()
+
+        async def step(state: _Partition, generation: int, records: list[Any], start: int) -> int:
+            return await handle(state, generation, records, start, batching.size)
+
+        async def gather(
+            worker: _Worker, state: _Partition, generation: int, records: list[Any]
+        ) -> None:
+            if len(records) < batching.size:
+                await self._gather(worker, state, generation, records, batching)
+
+        await self._work_in_steps(worker, step, gather)
 
     async def _gather(
         self,
